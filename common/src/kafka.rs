@@ -1,0 +1,829 @@
+//! Kafka clients with korvid's delivery guarantees.
+//!
+//! - [`RecordProducer`]: idempotent (`enable.idempotence`), `acks=all`, Avro-framed values; a full
+//!   local queue makes `send` wait instead of failing (backpressure).
+//! - [`AtLeastOnceConsumer`]: auto-commit on, auto offset *store* off. A service stores an offset
+//!   only after everything it produced for that message is acknowledged; stored offsets are
+//!   committed synchronously on revoke and on shutdown.
+//! - [`DeadLetters`]: what a stage cannot process goes to the dead-letter topic with the reason.
+//! - [`RecordDecoder`]: decodes either framing, fetching unknown registry ids on demand.
+//!
+//! Nothing here uses Kafka transactions: correctness rests on at-least-once delivery plus
+//! deterministic ids downstream, which works on any Kafka-protocol broker.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use korvid_schemas::DeadLetter;
+use korvid_schemas::codec::{CodecError, Decoder, Framing, Record, encode};
+use korvid_schemas::registry::{RegistryAuth, SchemaRegistryClient};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientContext, TopicPartitionList};
+use serde::Deserialize;
+
+use crate::settings::{SettingsError, Validate, require_non_empty, require_range};
+use crate::telemetry::Telemetry;
+
+/// `[kafka]` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Brokers, e.g. `kafka-1:9092,kafka-2:9092`. Unset: `korvid up` starts the local broker.
+    pub bootstrap_servers: Option<String>,
+    /// Prefix of every topic name (`korvid` gives `korvid.k8s.audit.v1`).
+    pub topic_prefix: String,
+    /// Create missing topics at start.
+    pub create_topics: bool,
+    /// Partitions for topics korvid creates.
+    pub partitions: i32,
+    /// Replication factor for topics korvid creates.
+    pub replication_factor: i32,
+    /// Prefix of consumer group ids (`korvid` gives `korvid-enrich`).
+    pub group_prefix: String,
+    /// Extra librdkafka properties for every client (`security.protocol`, `sasl.mechanisms`, ...).
+    pub client: BTreeMap<String, String>,
+    /// Confluent Schema Registry URL. Unset: Avro single-object encoding.
+    pub schema_registry_url: Option<String>,
+    /// Schema Registry basic-auth user.
+    pub schema_registry_username: Option<String>,
+    /// Schema Registry basic-auth password.
+    pub schema_registry_password: Option<String>,
+    /// Dead letters keep at most this many bytes of the rejected input.
+    pub deadletter_max_payload_bytes: usize,
+    /// How long a produce may take before it fails (librdkafka `message.timeout.ms`).
+    pub produce_timeout_ms: u64,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            bootstrap_servers: None,
+            topic_prefix: "korvid".into(),
+            create_topics: true,
+            partitions: 6,
+            replication_factor: 1,
+            group_prefix: "korvid".into(),
+            client: BTreeMap::new(),
+            schema_registry_url: None,
+            schema_registry_username: None,
+            schema_registry_password: None,
+            deadletter_max_payload_bytes: 1 << 20,
+            produce_timeout_ms: 60_000,
+        }
+    }
+}
+
+impl Validate for KafkaSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        if let Some(b) = &self.bootstrap_servers {
+            require_non_empty("kafka.bootstrap_servers", b)?;
+            for server in b.split(',') {
+                if !server.trim().contains(':') {
+                    return Err(SettingsError::invalid(
+                        "kafka.bootstrap_servers",
+                        format!("`{server}` is not host:port"),
+                    ));
+                }
+            }
+        }
+        require_non_empty("kafka.topic_prefix", &self.topic_prefix)?;
+        if !self
+            .topic_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(SettingsError::invalid(
+                "kafka.topic_prefix",
+                "may contain only ASCII letters, digits, '.', '_' and '-'",
+            ));
+        }
+        require_non_empty("kafka.group_prefix", &self.group_prefix)?;
+        require_range("kafka.partitions", self.partitions, 1, 10_000)?;
+        require_range("kafka.replication_factor", self.replication_factor, 1, 16)?;
+        require_range(
+            "kafka.produce_timeout_ms",
+            self.produce_timeout_ms,
+            100,
+            3_600_000,
+        )?;
+        for key in ["bootstrap.servers", "group.id", "enable.auto.offset.store"] {
+            if self.client.contains_key(key) {
+                return Err(SettingsError::invalid(
+                    format!("kafka.client.{key}"),
+                    "is managed by korvid; use the dedicated setting",
+                ));
+            }
+        }
+        if let Some(url) = &self.schema_registry_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(SettingsError::invalid(
+                "kafka.schema_registry_url",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Topic names, derived from the prefix.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// Object changes (compacted).
+    pub objects: String,
+    /// Audit events.
+    pub audit: String,
+    /// Kubernetes Events.
+    pub events: String,
+    /// Image scans (compacted).
+    pub scans: String,
+    /// Graph windows.
+    pub windows: String,
+    /// Findings.
+    pub findings: String,
+    /// Alerts.
+    pub alerts: String,
+    /// Notify's dedup state (compacted).
+    pub notify_state: String,
+    /// Dead letters.
+    pub deadletter: String,
+}
+
+impl Topics {
+    /// Names under `prefix`.
+    pub fn new(prefix: &str) -> Self {
+        let t = |s: &str| format!("{prefix}.{s}");
+        Topics {
+            objects: t("k8s.objects.v1"),
+            audit: t("k8s.audit.v1"),
+            events: t("k8s.events.v1"),
+            scans: t("image.scans.v1"),
+            windows: t("graph.windows.v1"),
+            findings: t("findings.v1"),
+            alerts: t("alerts.v1"),
+            notify_state: t("notify.state.v1"),
+            deadletter: t("deadletter.v1"),
+        }
+    }
+
+    /// Every topic with whether it is compacted.
+    pub fn all(&self) -> Vec<(&str, bool)> {
+        vec![
+            (&self.objects, true),
+            (&self.audit, false),
+            (&self.events, false),
+            (&self.scans, true),
+            (&self.windows, false),
+            (&self.findings, false),
+            (&self.alerts, false),
+            (&self.notify_state, true),
+            (&self.deadletter, false),
+        ]
+    }
+}
+
+/// A Kafka operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaClientError {
+    /// librdkafka refused or failed an operation.
+    #[error("kafka {op} failed: {source}")]
+    Kafka {
+        /// What was attempted.
+        op: &'static str,
+        /// librdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// The value could not be encoded (a bug) or decoded (bad input).
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The Schema Registry failed.
+    #[error(transparent)]
+    Registry(#[from] korvid_schemas::registry::RegistryError),
+    /// The broker did not answer in time.
+    #[error("no Kafka broker answered at {bootstrap} within {waited:?}: {last_error}")]
+    Unreachable {
+        /// Bootstrap servers tried.
+        bootstrap: String,
+        /// How long we waited.
+        waited: Duration,
+        /// The last error seen.
+        last_error: String,
+    },
+}
+
+fn kafka(op: &'static str) -> impl FnOnce(KafkaError) -> KafkaClientError {
+    move |source| KafkaClientError::Kafka { op, source }
+}
+
+/// Kafka client counters.
+#[derive(Clone)]
+struct KafkaMetrics {
+    produced: Family<Vec<(String, String)>, Counter>,
+    produce_errors: Family<Vec<(String, String)>, Counter>,
+    deadletters: Family<Vec<(String, String)>, Counter>,
+}
+
+/// Kafka connection details shared by every service in the process.
+#[derive(Clone)]
+pub struct KafkaContext {
+    /// The settings.
+    pub settings: Arc<KafkaSettings>,
+    /// Resolved bootstrap servers.
+    pub bootstrap: String,
+    /// Topic names.
+    pub topics: Topics,
+    registry: Option<Arc<SchemaRegistryClient>>,
+    schema_ids: Arc<Mutex<BTreeMap<&'static str, u32>>>,
+    metrics: KafkaMetrics,
+}
+
+impl KafkaContext {
+    /// A context for `bootstrap` (settings' own value, or the local broker's address).
+    pub fn new(settings: KafkaSettings, bootstrap: String, telemetry: &Telemetry) -> Self {
+        let registry = settings.schema_registry_url.as_ref().map(|url| {
+            let auth = settings
+                .schema_registry_username
+                .as_ref()
+                .map(|u| RegistryAuth {
+                    username: u.clone(),
+                    password: settings
+                        .schema_registry_password
+                        .clone()
+                        .unwrap_or_default(),
+                });
+            Arc::new(SchemaRegistryClient::new(url, auth))
+        });
+        let metrics = KafkaMetrics {
+            produced: telemetry.register(
+                "kafka_produced",
+                "Records acknowledged by Kafka, by topic",
+                Family::default(),
+            ),
+            produce_errors: telemetry.register(
+                "kafka_produce_errors",
+                "Records Kafka did not acknowledge, by topic",
+                Family::default(),
+            ),
+            deadletters: telemetry.register(
+                "deadletters",
+                "Inputs sent to the dead-letter topic, by stage and error kind",
+                Family::default(),
+            ),
+        };
+        KafkaContext {
+            topics: Topics::new(&settings.topic_prefix),
+            settings: Arc::new(settings),
+            bootstrap,
+            registry,
+            schema_ids: Arc::new(Mutex::new(BTreeMap::new())),
+            metrics,
+        }
+    }
+
+    /// Base client configuration: bootstrap plus the user's extra properties.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &self.bootstrap);
+        for (k, v) in &self.settings.client {
+            cfg.set(k, v);
+        }
+        cfg
+    }
+
+    /// Group id for a service (`korvid-enrich`).
+    pub fn group_id(&self, service: &str) -> String {
+        format!("{}-{}", self.settings.group_prefix, service)
+    }
+
+    /// Waits until a broker answers a metadata request.
+    pub async fn wait_for_broker(&self, timeout: Duration) -> Result<(), KafkaClientError> {
+        let admin: AdminClient<DefaultClientContext> = self
+            .client_config()
+            .create()
+            .map_err(kafka("create admin client"))?;
+        let start = std::time::Instant::now();
+        let mut last_error = String::new();
+        while start.elapsed() < timeout {
+            let client = admin.inner();
+            let probe = tokio::task::block_in_place(|| {
+                client.fetch_metadata(None, Timeout::After(Duration::from_millis(1000)))
+            });
+            match probe {
+                Ok(md) if !md.brokers().is_empty() => return Ok(()),
+                Ok(_) => last_error = "metadata listed no brokers".into(),
+                Err(e) => last_error = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(KafkaClientError::Unreachable {
+            bootstrap: self.bootstrap.clone(),
+            waited: timeout,
+            last_error,
+        })
+    }
+
+    /// Creates every korvid topic that does not exist yet (compacted where the contract says so).
+    pub async fn ensure_topics(&self) -> Result<(), KafkaClientError> {
+        if !self.settings.create_topics {
+            return Ok(());
+        }
+        let admin: AdminClient<DefaultClientContext> = self
+            .client_config()
+            .create()
+            .map_err(kafka("create admin client"))?;
+        let all = self.topics.all();
+        let specs: Vec<NewTopic<'_>> = all
+            .iter()
+            .map(|(name, compacted)| {
+                let t = NewTopic::new(
+                    name,
+                    self.settings.partitions,
+                    TopicReplication::Fixed(self.settings.replication_factor),
+                );
+                if *compacted {
+                    t.set("cleanup.policy", "compact")
+                } else {
+                    t
+                }
+            })
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = admin
+            .create_topics(specs.iter(), &opts)
+            .await
+            .map_err(kafka("create topics"))?;
+        for r in results {
+            match r {
+                Ok(name) => tracing::info!(topic = %name, "created topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(KafkaClientError::Kafka {
+                        op: "create topic",
+                        source: KafkaError::AdminOp(code),
+                    })
+                    .inspect_err(
+                        |_| tracing::error!(topic = %name, ?code, "topic creation failed"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The framing for a record: Confluent with the registry id when a registry is configured.
+    pub async fn framing<R: Record>(&self, topic: &str) -> Result<Framing, KafkaClientError> {
+        let Some(registry) = &self.registry else {
+            return Ok(Framing::SingleObject);
+        };
+        if let Some(id) = lock(&self.schema_ids).get(R::NAME) {
+            return Ok(Framing::Confluent { schema_id: *id });
+        }
+        let id = registry
+            .register(&format!("{topic}-value"), R::AVSC)
+            .await?;
+        lock(&self.schema_ids).insert(R::NAME, id);
+        Ok(Framing::Confluent { schema_id: id })
+    }
+
+    /// An idempotent producer.
+    pub fn producer(&self) -> Result<RecordProducer, KafkaClientError> {
+        let mut cfg = self.client_config();
+        cfg.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .set(
+                "message.timeout.ms",
+                self.settings.produce_timeout_ms.to_string(),
+            );
+        let producer: FutureProducer = cfg.create().map_err(kafka("create producer"))?;
+        Ok(RecordProducer {
+            producer,
+            ctx: self.clone(),
+        })
+    }
+
+    /// An at-least-once consumer in `group`, subscribed to `topics`.
+    pub fn consumer(
+        &self,
+        group: &str,
+        topics: &[&str],
+    ) -> Result<AtLeastOnceConsumer, KafkaClientError> {
+        let mut cfg = self.client_config();
+        cfg.set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .set("enable.partition.eof", "false");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let consumer: StreamConsumer<RebalanceContext> = cfg
+            .create_with_context(RebalanceContext { revoked: tx })
+            .map_err(kafka("create consumer"))?;
+        consumer.subscribe(topics).map_err(kafka("subscribe"))?;
+        Ok(AtLeastOnceConsumer {
+            consumer,
+            revoked: Mutex::new(rx),
+        })
+    }
+
+    /// A decoder for values of `R`, fetching unknown registry ids when a registry is configured.
+    pub fn decoder<R: Record>(&self) -> RecordDecoder<R> {
+        RecordDecoder {
+            decoder: Decoder::new(),
+            registry: self.registry.clone(),
+        }
+    }
+
+    /// Reads every record currently in `topic` (all partitions, beginning to the high
+    /// watermark), e.g. to rebuild state from a compacted topic. Returns (key, value) pairs;
+    /// tombstones have no value.
+    pub async fn read_to_end(
+        &self,
+        topic: &str,
+    ) -> Result<Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>, KafkaClientError> {
+        let mut cfg = self.client_config();
+        cfg.set("group.id", format!("{}-reader", self.settings.group_prefix))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false");
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || -> Result<_, KafkaClientError> {
+            let consumer: BaseConsumer = cfg.create().map_err(kafka("create reader"))?;
+            let timeout = Timeout::After(Duration::from_secs(10));
+            let md = consumer
+                .fetch_metadata(Some(&topic), timeout)
+                .map_err(kafka("fetch metadata"))?;
+            let mut tpl = TopicPartitionList::new();
+            let mut remaining = BTreeMap::new();
+            for t in md.topics() {
+                for p in t.partitions() {
+                    let (low, high) = consumer
+                        .fetch_watermarks(&topic, p.id(), timeout)
+                        .map_err(kafka("fetch watermarks"))?;
+                    if high > low {
+                        tpl.add_partition_offset(&topic, p.id(), rdkafka::Offset::Beginning)
+                            .map_err(kafka("assign"))?;
+                        remaining.insert(p.id(), high);
+                    }
+                }
+            }
+            let mut out = Vec::new();
+            if remaining.is_empty() {
+                return Ok(out);
+            }
+            consumer.assign(&tpl).map_err(kafka("assign"))?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while !remaining.is_empty() {
+                if std::time::Instant::now() > deadline {
+                    return Err(KafkaClientError::Unreachable {
+                        bootstrap: topic.clone(),
+                        waited: Duration::from_secs(120),
+                        last_error: "reading the topic to its end took too long".into(),
+                    });
+                }
+                let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
+                    continue;
+                };
+                let msg = msg.map_err(kafka("read"))?;
+                out.push((
+                    msg.key().map(<[u8]>::to_vec),
+                    msg.payload().map(<[u8]>::to_vec),
+                ));
+                if let Some(high) = remaining.get(&msg.partition())
+                    && msg.offset() + 1 >= *high
+                {
+                    remaining.remove(&msg.partition());
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| KafkaClientError::Unreachable {
+            bootstrap: String::new(),
+            waited: Duration::ZERO,
+            last_error: format!("reader task failed: {e}"),
+        })?
+    }
+
+    /// A dead-letter producer for `stage`.
+    pub fn dead_letters(&self, producer: RecordProducer) -> DeadLetters {
+        DeadLetters { producer }
+    }
+}
+
+/// Where a produced record landed.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivered {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// An idempotent producer of korvid records.
+#[derive(Clone)]
+pub struct RecordProducer {
+    producer: FutureProducer,
+    ctx: KafkaContext,
+}
+
+impl RecordProducer {
+    /// Encodes and sends a record; resolves once Kafka acknowledged it.
+    pub async fn send<R: Record>(
+        &self,
+        topic: &str,
+        key: &str,
+        record: &R,
+    ) -> Result<Delivered, KafkaClientError> {
+        let framing = self.ctx.framing::<R>(topic).await?;
+        let bytes = encode(record, framing)?;
+        self.send_bytes(topic, Some(key.as_bytes()), Some(&bytes))
+            .await
+    }
+
+    /// Sends a tombstone (null value) for `key` on a compacted topic.
+    pub async fn tombstone(&self, topic: &str, key: &str) -> Result<Delivered, KafkaClientError> {
+        self.send_bytes(topic, Some(key.as_bytes()), None).await
+    }
+
+    /// Sends raw bytes; resolves once Kafka acknowledged them.
+    pub async fn send_bytes(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) -> Result<Delivered, KafkaClientError> {
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
+        // Timeout::Never: a full local queue means wait (backpressure), never drop.
+        match self.producer.send(record, Timeout::Never).await {
+            Ok(d) => {
+                self.ctx
+                    .metrics
+                    .produced
+                    .get_or_create(&vec![("topic".into(), topic.to_string())])
+                    .inc();
+                Ok(Delivered {
+                    partition: d.partition,
+                    offset: d.offset,
+                })
+            }
+            Err((e, _)) => {
+                self.ctx
+                    .metrics
+                    .produce_errors
+                    .get_or_create(&vec![("topic".into(), topic.to_string())])
+                    .inc();
+                Err(KafkaClientError::Kafka {
+                    op: "produce",
+                    source: e,
+                })
+            }
+        }
+    }
+
+    /// Waits for every in-flight record to be acknowledged.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaClientError> {
+        self.producer.flush(timeout).map_err(kafka("flush"))
+    }
+}
+
+/// Where a rejected input came from.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterSource {
+    /// Cluster, when known.
+    pub cluster: Option<String>,
+    /// Source topic, for inputs read from Kafka.
+    pub topic: Option<String>,
+    /// Source partition.
+    pub partition: Option<i32>,
+    /// Source offset.
+    pub offset: Option<i64>,
+}
+
+impl DeadLetterSource {
+    /// The source of a consumed message.
+    pub fn of(msg: &BorrowedMessage<'_>) -> Self {
+        DeadLetterSource {
+            cluster: None,
+            topic: Some(msg.topic().to_string()),
+            partition: Some(msg.partition()),
+            offset: Some(msg.offset()),
+        }
+    }
+}
+
+/// Sends rejected input to the dead-letter topic, counted by stage and error kind.
+#[derive(Clone)]
+pub struct DeadLetters {
+    producer: RecordProducer,
+}
+
+impl DeadLetters {
+    /// Records why `payload` was rejected. Resolves once Kafka has it.
+    pub async fn send(
+        &self,
+        stage: &str,
+        error_kind: &str,
+        error: &str,
+        payload: &[u8],
+        source: DeadLetterSource,
+    ) -> Result<(), KafkaClientError> {
+        let ctx = &self.producer.ctx;
+        let limit = ctx.settings.deadletter_max_payload_bytes;
+        let truncated = payload.len() > limit;
+        let record = DeadLetter {
+            cluster: source.cluster,
+            event_time: crate::now_millis(),
+            stage: stage.to_string(),
+            error: error.to_string(),
+            error_kind: error_kind.to_string(),
+            source_topic: source.topic,
+            source_partition: source.partition,
+            source_offset: source.offset,
+            payload: payload[..payload.len().min(limit)].to_vec(),
+            payload_truncated: truncated,
+        };
+        ctx.metrics
+            .deadletters
+            .get_or_create(&vec![
+                ("stage".into(), stage.to_string()),
+                ("kind".into(), error_kind.to_string()),
+            ])
+            .inc();
+        tracing::warn!(
+            stage,
+            error_kind,
+            error,
+            "input sent to the dead-letter topic"
+        );
+        let topic = ctx.topics.deadletter.clone();
+        self.producer.send(&topic, stage, &record).await.map(|_| ())
+    }
+}
+
+/// Consumer context: commits stored offsets before partitions are taken away and tells the
+/// service which partitions it lost, so it can drop state it will never complete.
+pub struct RebalanceContext {
+    revoked: std::sync::mpsc::Sender<Vec<(String, i32)>>,
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) => {}
+                Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) => tracing::warn!(error = %e, "commit on revoke failed"),
+            }
+            let parts = tpl
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect::<Vec<_>>();
+            tracing::info!(partitions = parts.len(), "partitions revoked");
+            let _ = self.revoked.send(parts);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(partitions = tpl.count(), "partitions assigned");
+        }
+    }
+
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        _offsets: &TopicPartitionList,
+    ) {
+        if let Err(e) = result
+            && !matches!(e, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))
+        {
+            tracing::warn!(error = %e, "offset commit failed");
+        }
+    }
+}
+
+/// A consumer whose offsets move only when the service says its outputs are safe.
+pub struct AtLeastOnceConsumer {
+    consumer: StreamConsumer<RebalanceContext>,
+    revoked: Mutex<std::sync::mpsc::Receiver<Vec<(String, i32)>>>,
+}
+
+impl AtLeastOnceConsumer {
+    /// Receives the next message.
+    pub async fn recv(&self) -> Result<BorrowedMessage<'_>, KafkaClientError> {
+        self.consumer.recv().await.map_err(kafka("consume"))
+    }
+
+    /// Marks `offset` of `topic`/`partition` (and everything before it) as fully processed.
+    pub fn store(&self, topic: &str, partition: i32, offset: i64) -> Result<(), KafkaClientError> {
+        match self.consumer.store_offset(topic, partition, offset) {
+            Ok(()) => Ok(()),
+            // The partition was revoked meanwhile; its new owner re-reads from the last commit.
+            Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => Ok(()),
+            Err(e) => Err(KafkaClientError::Kafka {
+                op: "store offset",
+                source: e,
+            }),
+        }
+    }
+
+    /// Partitions revoked since the last call.
+    pub fn take_revoked(&self) -> Vec<(String, i32)> {
+        let rx = lock(&self.revoked);
+        rx.try_iter().flatten().collect()
+    }
+
+    /// Commits stored offsets synchronously (call on shutdown, after draining).
+    pub fn commit_now(&self) -> Result<(), KafkaClientError> {
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(e) => Err(KafkaClientError::Kafka {
+                op: "commit",
+                source: e,
+            }),
+        }
+    }
+
+    /// Leaves the group cleanly.
+    pub fn close(self) {
+        self.consumer.unsubscribe();
+    }
+}
+
+/// Decodes values of one record type, whatever framing or schema version wrote them.
+pub struct RecordDecoder<R: Record> {
+    decoder: Decoder<R>,
+    registry: Option<Arc<SchemaRegistryClient>>,
+}
+
+impl<R: Record> RecordDecoder<R> {
+    /// Decodes a value, fetching its writer schema from the registry when needed.
+    pub async fn decode(&mut self, bytes: &[u8]) -> Result<R, KafkaClientError> {
+        match self.decoder.decode(bytes) {
+            Err(CodecError::UnknownSchemaId(id)) => {
+                let Some(registry) = &self.registry else {
+                    return Err(CodecError::UnknownSchemaId(id).into());
+                };
+                let schema = registry.schema_by_id(id).await?;
+                self.decoder.add_schema_id(id, schema);
+                Ok(self.decoder.decode(bytes)?)
+            }
+            other => Ok(other?),
+        }
+    }
+}
+
+impl KafkaClientError {
+    /// A stable, low-cardinality name for metrics and dead letters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            KafkaClientError::Kafka { .. } => "kafka",
+            KafkaClientError::Codec(c) => c.kind(),
+            KafkaClientError::Registry(_) => "schema_registry",
+            KafkaClientError::Unreachable { .. } => "unreachable",
+        }
+    }
+
+    /// Whether the input itself is bad (dead-letter it) rather than the system failing (retry).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            KafkaClientError::Codec(
+                CodecError::Decode { .. }
+                    | CodecError::Truncated { .. }
+                    | CodecError::UnknownFraming(_)
+                    | CodecError::UnknownFingerprint { .. }
+                    | CodecError::Incompatible { .. }
+            )
+        )
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded maps stay consistent even if a holder panicked.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,256 @@
+//! Evaluates the catalog over a graph window. Queries are parsed and planned once, when the
+//! engine is built; each window only swaps the tables' contents and executes.
+
+use arrow::array::RecordBatch;
+use arrow::ipc::reader::StreamReader;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use korvid_common::sql::{PreparedQuery, SqlSession};
+use korvid_schemas::{Detector, Evidence, Finding, GraphWindow, Subject, Tactic, window_tables};
+use sha2::{Digest, Sha256};
+
+use crate::rules::{Rule, RuleCatalog, RuleLoadError};
+
+/// Columns a rule query must return.
+const REQUIRED: [&str; 2] = ["subject_kind", "subject_name"];
+/// Subject columns that are not evidence.
+const SUBJECT_COLUMNS: [&str; 4] = [
+    "subject_kind",
+    "subject_name",
+    "subject_namespace",
+    "subject_uid",
+];
+
+/// A window that cannot be evaluated: bad input, dead-lettered by the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// A table is not a valid Arrow IPC stream or has the wrong schema.
+    #[error("graph window {window}: table `{table}` is unusable: {reason}")]
+    BadTable {
+        /// Window id.
+        window: String,
+        /// Table name.
+        table: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The result of one window: findings, and rules that failed on it.
+#[derive(Debug, Default)]
+pub struct Evaluation {
+    /// Findings, one per rule hit.
+    pub findings: Vec<Finding>,
+    /// (rule id, error) for rules whose execution failed on this window.
+    pub failed_rules: Vec<(String, String)>,
+}
+
+/// The catalog, planned against the window tables.
+pub struct RuleEngine {
+    session: SqlSession,
+    rules: Vec<(Rule, PreparedQuery)>,
+    errors: Vec<RuleLoadError>,
+}
+
+impl RuleEngine {
+    /// Plans every rule. Rules whose SQL does not plan, or lacks the subject columns, are
+    /// reported in [`RuleEngine::errors`] and skipped.
+    pub async fn new(catalog: RuleCatalog) -> Result<Self, datafusion::error::DataFusionError> {
+        let session = SqlSession::new(&[
+            ("nodes", window_tables::nodes()),
+            ("edges", window_tables::edges()),
+            ("activity", window_tables::activity()),
+        ])?;
+        let mut errors = catalog.errors;
+        let mut rules = Vec::new();
+        for rule in catalog.rules {
+            match session.prepare(&rule.query).await {
+                Ok(q) => {
+                    let schema = q.schema();
+                    let missing: Vec<_> = REQUIRED
+                        .iter()
+                        .filter(|c| schema.field_with_name(c).is_err())
+                        .collect();
+                    if missing.is_empty() {
+                        rules.push((rule, q));
+                    } else {
+                        errors.push(RuleLoadError {
+                            file: rule.source.clone(),
+                            rule: rule.id.clone(),
+                            reason: format!("query does not return {missing:?}"),
+                        });
+                    }
+                }
+                Err(e) => errors.push(RuleLoadError {
+                    file: rule.source.clone(),
+                    rule: rule.id.clone(),
+                    reason: format!("SQL error: {e}"),
+                }),
+            }
+        }
+        Ok(RuleEngine {
+            session,
+            rules,
+            errors,
+        })
+    }
+
+    /// The rules that will run.
+    pub fn rules(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.iter().map(|(r, _)| r)
+    }
+
+    /// Rules that could not be loaded or planned.
+    pub fn errors(&self) -> &[RuleLoadError] {
+        &self.errors
+    }
+
+    /// Runs every rule over one window.
+    pub async fn evaluate(
+        &self,
+        window: &GraphWindow,
+        detected_at: i64,
+    ) -> Result<Evaluation, EvalError> {
+        for (name, bytes, schema) in [
+            ("nodes", &window.nodes, window_tables::nodes()),
+            ("edges", &window.edges, window_tables::edges()),
+            ("activity", &window.activity, window_tables::activity()),
+        ] {
+            let batches = read_ipc(bytes).map_err(|reason| EvalError::BadTable {
+                window: window.window_id.clone(),
+                table: name,
+                reason,
+            })?;
+            self.session
+                .load(name, batches)
+                .map_err(|e| EvalError::BadTable {
+                    window: window.window_id.clone(),
+                    table: name,
+                    reason: format!("{e} (expected {schema:?})"),
+                })?;
+        }
+        let mut out = Evaluation::default();
+        for (rule, query) in &self.rules {
+            match self.session.run(query).await {
+                Ok(batches) => {
+                    for b in &batches {
+                        out.findings
+                            .extend(findings_from(rule, window, b, detected_at));
+                    }
+                }
+                Err(e) => out.failed_rules.push((rule.id.clone(), e.to_string())),
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn read_ipc(bytes: &[u8]) -> Result<Vec<RecordBatch>, String> {
+    let reader =
+        StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(|e| e.to_string())?;
+    reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())
+}
+
+fn findings_from(
+    rule: &Rule,
+    window: &GraphWindow,
+    batch: &RecordBatch,
+    detected_at: i64,
+) -> Vec<Finding> {
+    let opts = FormatOptions::default();
+    let schema = batch.schema();
+    let formatters: Vec<_> = batch
+        .columns()
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts))
+        .collect();
+    let cell = |col: usize, row: usize| -> Option<String> {
+        if batch.column(col).is_null(row) {
+            return None;
+        }
+        formatters[col]
+            .as_ref()
+            .ok()
+            .map(|f| f.value(row).to_string())
+    };
+    let index = |name: &str| schema.index_of(name).ok();
+    let (Some(kind_i), Some(name_i)) = (index("subject_kind"), index("subject_name")) else {
+        return Vec::new();
+    };
+    let ns_i = index("subject_namespace");
+    let uid_i = index("subject_uid");
+    let mut out = Vec::new();
+    for row in 0..batch.num_rows() {
+        let (Some(kind), Some(name)) = (cell(kind_i, row), cell(name_i, row)) else {
+            tracing::warn!(rule = %rule.id, "rule returned a row without subject_kind/subject_name; skipped");
+            continue;
+        };
+        let subject = Subject {
+            kind,
+            namespace: ns_i.and_then(|i| cell(i, row)).filter(|s| !s.is_empty()),
+            name,
+            uid: uid_i.and_then(|i| cell(i, row)),
+        };
+        let evidence = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !SUBJECT_COLUMNS.contains(&f.name().as_str()))
+            .filter_map(|(i, f)| {
+                cell(i, row).map(|value| Evidence {
+                    name: f.name().clone(),
+                    value,
+                })
+            })
+            .collect();
+        out.push(Finding {
+            cluster: window.cluster.clone(),
+            event_time: window.window_end,
+            id: finding_id(&rule.id, &subject, &window.window_id),
+            fingerprint: fingerprint(rule.tactic, &rule.id, &window.cluster, &subject),
+            window_id: window.window_id.clone(),
+            detected_at,
+            detector: Detector::Rule,
+            rule_id: Some(rule.id.clone()),
+            model_version: None,
+            score: 1.0,
+            title: rule.title.clone(),
+            tactic: rule.tactic,
+            techniques: rule.techniques.clone(),
+            severity: rule.severity,
+            subject,
+            evidence,
+            implication: rule.implication.clone(),
+            remediation: rule.remediation.clone(),
+            prevention: rule.prevention.clone(),
+            references: rule.references.clone(),
+        });
+    }
+    out
+}
+
+fn digest(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0x1f]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// Deterministic finding id: the same rule, subject and window always give the same id.
+pub fn finding_id(rule_id: &str, subject: &Subject, window_id: &str) -> String {
+    digest(&["rule", rule_id, &subject.to_string(), window_id])
+}
+
+/// What notify deduplicates on: tactic, rule, cluster and subject.
+pub fn fingerprint(tactic: Tactic, rule_id: &str, cluster: &str, subject: &Subject) -> String {
+    digest(&[
+        tactic.as_str(),
+        "rule",
+        rule_id,
+        cluster,
+        &subject.to_string(),
+    ])
+}

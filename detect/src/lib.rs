@@ -1,0 +1,15 @@
+//! `korvid detect`: evaluates the SQL rule catalog over every graph window and turns each hit
+//! into an explained Finding (tactic, MITRE techniques, severity, evidence, implication,
+//! remediation, prevention) with a deterministic id and fingerprint.
+//!
+//! Entry point: [`run`].
+
+pub mod engine;
+pub mod rules;
+mod service;
+mod settings;
+
+pub use engine::RuleEngine;
+pub use rules::{Rule, RuleCatalog, RuleLoadError};
+pub use service::run;
+pub use settings::DetectSettings;

@@ -1,0 +1,169 @@
+//! The detect loop: consume graph windows, evaluate the catalog, publish findings, then store
+//! the window's offset. Instances share the work as one consumer group.
+
+use std::time::Duration;
+
+use korvid_common::ServiceContext;
+use korvid_common::kafka::{DeadLetterSource, KafkaClientError};
+use korvid_schemas::GraphWindow;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use rdkafka::message::Message;
+
+use crate::engine::RuleEngine;
+use crate::rules::RuleCatalog;
+use crate::settings::DetectSettings;
+
+const COMPONENT: &str = "detect";
+const STAGE: &str = "detect.rules";
+
+/// Why detect stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    /// Kafka clients could not be created.
+    #[error(transparent)]
+    Kafka(#[from] KafkaClientError),
+    /// The SQL session could not be created.
+    #[error("rule engine: {0}")]
+    Engine(#[from] datafusion::error::DataFusionError),
+    /// No rule could be loaded.
+    #[error("no usable rules: {0}")]
+    NoRules(String),
+}
+
+/// Builds the engine from settings, logging every rule that failed to load.
+pub async fn engine_from(settings: &DetectSettings) -> Result<RuleEngine, DetectError> {
+    let catalog = RuleCatalog::load(
+        settings.builtin_rules,
+        &settings.rules_dirs,
+        &settings.disabled_rules,
+    );
+    let engine = RuleEngine::new(catalog).await?;
+    for e in engine.errors() {
+        tracing::error!(error = %e, "rule not loaded");
+    }
+    if engine.rules().next().is_none() {
+        let why = engine
+            .errors()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(DetectError::NoRules(if why.is_empty() {
+            "the catalog is empty (detect.builtin_rules = false and no detect.rules_dirs)".into()
+        } else {
+            why
+        }));
+    }
+    tracing::info!(rules = engine.rules().count(), "rule catalog loaded");
+    Ok(engine)
+}
+
+/// Runs detect until shutdown.
+pub async fn run(settings: DetectSettings, ctx: ServiceContext) -> Result<(), DetectError> {
+    ctx.telemetry.declare(COMPONENT);
+    let engine = engine_from(&settings).await?;
+    let topics = ctx.kafka.topics.clone();
+    let consumer = ctx
+        .kafka
+        .consumer(&ctx.kafka.group_id("detect"), &[&topics.windows])?;
+    let producer = ctx.kafka.producer()?;
+    let dead_letters = ctx.kafka.dead_letters(producer.clone());
+    let mut decoder = ctx.kafka.decoder::<GraphWindow>();
+    let t = &ctx.telemetry;
+    let windows: Counter = t.register(
+        "detect_windows",
+        "Graph windows evaluated",
+        Counter::default(),
+    );
+    let findings: Family<Vec<(String, String)>, Counter> = t.register(
+        "detect_findings",
+        "Findings published, by tactic and severity",
+        Family::default(),
+    );
+    let rule_errors: Family<Vec<(String, String)>, Counter> = t.register(
+        "detect_rule_errors",
+        "Rule executions that failed, by rule",
+        Family::default(),
+    );
+    ctx.telemetry.set_ready(COMPONENT, true);
+
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = ctx.shutdown.triggered() => break,
+            m = consumer.recv() => m,
+        };
+        let m = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "consume failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let (topic, partition, offset) = (m.topic().to_string(), m.partition(), m.offset());
+        let source = DeadLetterSource::of(&m);
+        let payload = m.payload().map(<[u8]>::to_vec);
+        drop(m);
+        windows.inc();
+        if let Some(bytes) = payload {
+            let evaluated = match decoder.decode(&bytes).await {
+                Ok(window) => engine
+                    .evaluate(&window, korvid_common::now_millis())
+                    .await
+                    .map_err(|e| (e.to_string(), "bad_window")),
+                Err(e) => Err((e.to_string(), e.kind())),
+            };
+            match evaluated {
+                Ok(eval) => {
+                    for (rule, err) in &eval.failed_rules {
+                        tracing::error!(rule = %rule, error = %err, "rule failed on a window");
+                        rule_errors
+                            .get_or_create(&vec![("rule".into(), rule.clone())])
+                            .inc();
+                    }
+                    let sends = eval
+                        .findings
+                        .iter()
+                        .map(|f| producer.send(&topics.findings, &f.fingerprint, f));
+                    let results = futures::future::join_all(sends).await;
+                    if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+                        // Not acknowledged: do not store the offset; stop so a restart (or
+                        // another instance) re-evaluates the window. Finding ids are
+                        // deterministic, so the retry is harmless.
+                        tracing::error!(error = %e, "findings not acknowledged; stopping without committing this window");
+                        ctx.shutdown.trigger();
+                        break;
+                    }
+                    for f in &eval.findings {
+                        tracing::info!(rule = ?f.rule_id, subject = %f.subject, tactic = f.tactic.as_str(), "finding");
+                        findings
+                            .get_or_create(&vec![
+                                ("tactic".into(), f.tactic.as_str().to_string()),
+                                ("severity".into(), f.severity.as_str().to_string()),
+                            ])
+                            .inc();
+                    }
+                }
+                Err((why, kind)) => {
+                    if let Err(e) = dead_letters.send(STAGE, kind, &why, &bytes, source).await {
+                        tracing::error!(error = %e, "dead letter not written; stopping without committing");
+                        ctx.shutdown.trigger();
+                        break;
+                    }
+                }
+            }
+        }
+        if let Err(e) = consumer.store(&topic, partition, offset) {
+            tracing::warn!(error = %e, "storing an offset failed");
+        }
+    }
+    if let Err(e) = consumer.commit_now() {
+        tracing::warn!(error = %e, "final commit failed; the next start re-reads from the last commit");
+    }
+    let _ = producer.flush(Duration::from_secs(5));
+    consumer.close();
+    tracing::info!("detect stopped");
+    Ok(())
+}

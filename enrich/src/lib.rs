@@ -1,0 +1,13 @@
+//! `korvid enrich`: turns raw activity into what detection reasons about. Audit events are cut
+//! into event-time tumbling windows per cluster/namespace, aggregated with DataFusion SQL into
+//! activity rows, and published as graph windows (Arrow IPC `nodes`, `edges`, `activity`).
+//!
+//! Entry point: [`run`].
+
+mod service;
+mod settings;
+pub mod tables;
+pub mod windows;
+
+pub use service::run;
+pub use settings::EnrichSettings;

@@ -1,0 +1,272 @@
+//! The enrich loop: consume audit events, window them, publish graph windows, and store
+//! offsets only for events whose window Kafka has acknowledged.
+
+use std::time::{Duration, Instant};
+
+use korvid_common::ServiceContext;
+use korvid_common::kafka::{
+    AtLeastOnceConsumer, DeadLetterSource, DeadLetters, KafkaClientError, RecordDecoder,
+    RecordProducer,
+};
+use korvid_schemas::AuditEvent;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use rdkafka::message::Message;
+
+use crate::settings::EnrichSettings;
+use crate::tables::{ActivityAggregator, TableError};
+use crate::windows::{Admission, ClosedWindow, TopicPartition, WindowAssigner, WindowConfig};
+
+const COMPONENT: &str = "enrich";
+const STAGE: &str = "enrich.windows";
+
+/// Why enrich stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrichError {
+    /// Kafka clients could not be created.
+    #[error(transparent)]
+    Kafka(#[from] KafkaClientError),
+    /// The aggregation could not be planned (a bug).
+    #[error("planning the activity aggregation failed: {0}")]
+    Plan(#[from] TableError),
+}
+
+struct Metrics {
+    events: Counter,
+    late: Counter,
+    duplicates: Counter,
+    windows: Counter,
+    buffered: Gauge,
+}
+
+struct Enricher {
+    consumer: AtLeastOnceConsumer,
+    producer: RecordProducer,
+    dead_letters: DeadLetters,
+    decoder: RecordDecoder<AuditEvent>,
+    aggregator: ActivityAggregator,
+    windows: WindowAssigner,
+    topic: String,
+    metrics: Metrics,
+    ctx: ServiceContext,
+}
+
+/// Runs enrich until shutdown, then drains: open windows are published and offsets committed.
+pub async fn run(settings: EnrichSettings, ctx: ServiceContext) -> Result<(), EnrichError> {
+    ctx.telemetry.declare(COMPONENT);
+    let topics = &ctx.kafka.topics;
+    let consumer = ctx
+        .kafka
+        .consumer(&ctx.kafka.group_id("enrich"), &[&topics.audit])?;
+    let producer = ctx.kafka.producer()?;
+    let t = &ctx.telemetry;
+    let metrics = Metrics {
+        events: t.register("enrich_events", "Audit events consumed", Counter::default()),
+        late: t.register(
+            "enrich_late_events",
+            "Events that arrived after their window was published (dead-lettered)",
+            Counter::default(),
+        ),
+        duplicates: t.register(
+            "enrich_duplicate_events",
+            "Events folded into an identical auditID already in the window",
+            Counter::default(),
+        ),
+        windows: t.register(
+            "enrich_windows",
+            "Graph windows published",
+            Counter::default(),
+        ),
+        buffered: t.register(
+            "enrich_buffered_events",
+            "Events held in open windows",
+            Gauge::default(),
+        ),
+    };
+    let mut e = Enricher {
+        dead_letters: ctx.kafka.dead_letters(producer.clone()),
+        decoder: ctx.kafka.decoder(),
+        aggregator: ActivityAggregator::new().await?,
+        windows: WindowAssigner::new(WindowConfig {
+            size_ms: settings.window_ms,
+            lateness_ms: settings.allowed_lateness_ms,
+            idle_flush: Duration::from_millis(settings.idle_flush_ms),
+            max_buffered: settings.max_buffered_events,
+        }),
+        topic: topics.windows.clone(),
+        consumer,
+        producer,
+        metrics,
+        ctx: ctx.clone(),
+    };
+    ctx.telemetry.set_ready(COMPONENT, true);
+    let mut tick = tokio::time::interval(
+        Duration::from_millis(settings.idle_flush_ms / 2)
+            .clamp(Duration::from_millis(20), Duration::from_millis(250)),
+    );
+    loop {
+        tokio::select! {
+            biased;
+            _ = ctx.shutdown.triggered() => break,
+            _ = tick.tick() => {
+                let due = e.windows.due(Instant::now());
+                e.publish(due).await;
+            }
+            msg = e.consumer.recv() => match msg {
+                Ok(m) => {
+                    let tp: TopicPartition = (m.topic().to_string(), m.partition());
+                    let offset = m.offset();
+                    let payload = m.payload().map(<[u8]>::to_vec);
+                    let source = DeadLetterSource::of(&m);
+                    drop(m);
+                    e.handle(tp, offset, payload, source).await;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "consume failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        let lost = e.consumer.take_revoked();
+        e.windows.revoke(&lost);
+        e.store_offsets();
+        e.metrics.buffered.set(e.windows.buffered() as i64);
+    }
+    // Drain: publish what is open, store and commit.
+    let open = e.windows.flush_all();
+    e.publish(open).await;
+    e.store_offsets();
+    if let Err(err) = e.consumer.commit_now() {
+        tracing::warn!(error = %err, "final commit failed; the next start re-reads from the last commit");
+    }
+    let _ = e.producer.flush(Duration::from_secs(5));
+    e.consumer.close();
+    tracing::info!("enrich stopped");
+    Ok(())
+}
+
+impl Enricher {
+    async fn handle(
+        &mut self,
+        tp: TopicPartition,
+        offset: i64,
+        payload: Option<Vec<u8>>,
+        source: DeadLetterSource,
+    ) {
+        self.metrics.events.inc();
+        let Some(bytes) = payload else {
+            self.windows.mark_done(&tp, offset);
+            return;
+        };
+        let event = match self.decoder.decode(&bytes).await {
+            Ok(ev) => ev,
+            Err(err) => {
+                self.reject(&err.to_string(), err.kind(), &bytes, source)
+                    .await;
+                self.windows.mark_done(&tp, offset);
+                return;
+            }
+        };
+        let key = format!(
+            "{}/{}",
+            event.cluster,
+            event.namespace.as_deref().unwrap_or("_cluster")
+        );
+        match self.windows.admit(&key, event, &tp, offset, Instant::now()) {
+            Admission::Buffered => {}
+            Admission::Duplicate => {
+                self.metrics.duplicates.inc();
+            }
+            Admission::Late {
+                window_end,
+                emitted_until,
+            } => {
+                self.metrics.late.inc();
+                let why = format!(
+                    "event for window ending {window_end} arrived after windows of {key} were published up to {emitted_until} (beyond enrich.allowed_lateness_ms)"
+                );
+                self.reject(&why, "late_event", &bytes, source).await;
+            }
+        }
+    }
+
+    async fn reject(&self, why: &str, kind: &str, bytes: &[u8], source: DeadLetterSource) {
+        // Dead letters must not be lost either: retry until Kafka takes them or we stop.
+        let mut backoff = Duration::from_millis(200);
+        while let Err(err) = self
+            .dead_letters
+            .send(STAGE, kind, why, bytes, source.clone())
+            .await
+        {
+            if self.ctx.shutdown.is_triggered() {
+                tracing::error!(error = %err, "dead letter not written before shutdown; the input will be re-read");
+                return;
+            }
+            tracing::warn!(error = %err, "dead letter not written; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn publish(&mut self, closed: Vec<ClosedWindow>) {
+        for w in closed {
+            let record = match self.aggregator.graph_window(&w).await {
+                Ok(r) => r,
+                Err(err) => {
+                    // A bug, not bad input: keep the evidence and move on.
+                    tracing::error!(error = %err, key = %w.key, "building a graph window failed");
+                    let ids = w
+                        .events
+                        .iter()
+                        .map(|e| e.audit_id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    self.reject(
+                        &err.to_string(),
+                        "window_build",
+                        ids.as_bytes(),
+                        DeadLetterSource {
+                            cluster: Some(w.cluster.clone()),
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+                    self.windows.published(&w.offsets);
+                    continue;
+                }
+            };
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                match self
+                    .producer
+                    .send(&self.topic, &record.partition_key, &record)
+                    .await
+                {
+                    Ok(_) => {
+                        self.metrics.windows.inc();
+                        tracing::debug!(window = %record.window_id, key = %record.partition_key, events = record.event_count, "window published");
+                        self.windows.published(&w.offsets);
+                        break;
+                    }
+                    Err(err) if !self.ctx.shutdown.is_triggered() => {
+                        tracing::warn!(error = %err, "publishing a window failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "window not published before shutdown; its events will be re-read");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn store_offsets(&mut self) {
+        for ((topic, partition), offset) in self.windows.committable() {
+            if let Err(err) = self.consumer.store(&topic, partition, offset) {
+                tracing::warn!(error = %err, "storing an offset failed");
+            }
+        }
+    }
+}

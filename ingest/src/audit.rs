@@ -1,0 +1,312 @@
+//! Parsing kube-apiserver audit output (`audit.k8s.io/v1`) into AuditEvent records.
+//!
+//! k8s-openapi has no audit types, so the wire structs are ours. Parsing is strict about what
+//! detection needs (auditID, verb, user, a timestamp) and lenient about everything else.
+
+use std::collections::HashMap;
+
+use korvid_schemas::AuditEvent;
+use serde::Deserialize;
+
+use crate::sanitize::Sanitizer;
+
+/// Why audit input was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum AuditParseError {
+    /// The body is not JSON.
+    #[error("body is not valid JSON: {0}")]
+    Json(String),
+    /// JSON, but not an EventList or Event.
+    #[error(
+        "expected an audit.k8s.io/v1 EventList or Event, got kind `{kind}` apiVersion `{api_version}`"
+    )]
+    WrongKind {
+        /// The `kind` seen.
+        kind: String,
+        /// The `apiVersion` seen.
+        api_version: String,
+    },
+    /// An event lacks a field detection needs, or has it in the wrong shape.
+    #[error("event {index} ({audit_id}): {reason}")]
+    InvalidEvent {
+        /// Position in the list.
+        index: usize,
+        /// Its auditID, if it had one.
+        audit_id: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl AuditParseError {
+    /// Stable name for metrics and dead letters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AuditParseError::Json(_) => "invalid_json",
+            AuditParseError::WrongKind { .. } => "wrong_kind",
+            AuditParseError::InvalidEvent { .. } => "invalid_event",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope {
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    api_version: String,
+    items: Option<Vec<serde_json::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireEvent {
+    #[serde(rename = "auditID")]
+    audit_id: String,
+    #[serde(default)]
+    stage: String,
+    #[serde(default)]
+    level: String,
+    verb: String,
+    #[serde(default, rename = "requestURI")]
+    request_uri: String,
+    user: WireUser,
+    impersonated_user: Option<WireUser>,
+    #[serde(default, rename = "sourceIPs")]
+    source_ips: Vec<String>,
+    user_agent: Option<String>,
+    object_ref: Option<WireObjectRef>,
+    response_status: Option<WireStatus>,
+    request_object: Option<serde_json::Value>,
+    request_received_timestamp: Option<String>,
+    stage_timestamp: Option<String>,
+    #[serde(default)]
+    annotations: HashMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct WireUser {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireObjectRef {
+    resource: Option<String>,
+    namespace: Option<String>,
+    name: Option<String>,
+    api_group: Option<String>,
+    api_version: Option<String>,
+    subresource: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireStatus {
+    code: Option<i32>,
+}
+
+/// The outcome of parsing one body: good events and per-event problems.
+#[derive(Debug)]
+pub struct ParsedBatch {
+    /// Events that parsed.
+    pub events: Vec<AuditEvent>,
+    /// Events that did not, with their raw JSON.
+    pub rejected: Vec<(AuditParseError, Vec<u8>)>,
+}
+
+/// Parses an `EventList` (what the webhook backend posts) or a single `Event`.
+///
+/// A body that is not JSON, or not audit events at all, is an error; individual bad events are
+/// returned in [`ParsedBatch::rejected`] so one bad event never costs the rest.
+pub fn parse_body(
+    body: &[u8],
+    cluster: &str,
+    sanitizer: &Sanitizer,
+) -> Result<ParsedBatch, AuditParseError> {
+    let envelope: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| AuditParseError::Json(e.to_string()))?;
+    let head: Envelope = serde_json::from_value(envelope.clone())
+        .map_err(|e| AuditParseError::Json(format!("`items` must be a list of events: {e}")))?;
+    let items = match (head.kind.as_str(), head.items) {
+        ("EventList", Some(items)) => items,
+        ("EventList", None) => {
+            return Err(AuditParseError::WrongKind {
+                kind: "EventList without items".into(),
+                api_version: head.api_version,
+            });
+        }
+        ("Event", _) if head.api_version.starts_with("audit.k8s.io/") => vec![envelope],
+        _ => {
+            return Err(AuditParseError::WrongKind {
+                kind: head.kind,
+                api_version: head.api_version,
+            });
+        }
+    };
+    if !(head.api_version.is_empty() || head.api_version.starts_with("audit.k8s.io/")) {
+        return Err(AuditParseError::WrongKind {
+            kind: "EventList".into(),
+            api_version: head.api_version,
+        });
+    }
+    let mut batch = ParsedBatch {
+        events: Vec::with_capacity(items.len()),
+        rejected: Vec::new(),
+    };
+    for (index, item) in items.into_iter().enumerate() {
+        match parse_event(index, &item, cluster, sanitizer) {
+            Ok(ev) => batch.events.push(ev),
+            Err(e) => {
+                let raw =
+                    serde_json::to_vec(&sanitizer.sanitize_audit_json(item)).unwrap_or_default();
+                batch.rejected.push((e, raw));
+            }
+        }
+    }
+    Ok(batch)
+}
+
+fn parse_event(
+    index: usize,
+    item: &serde_json::Value,
+    cluster: &str,
+    sanitizer: &Sanitizer,
+) -> Result<AuditEvent, AuditParseError> {
+    let audit_id = item
+        .get("auditID")
+        .and_then(|v| v.as_str())
+        .unwrap_or("<none>")
+        .to_string();
+    let invalid = |reason: String| AuditParseError::InvalidEvent {
+        index,
+        audit_id: audit_id.clone(),
+        reason,
+    };
+    let ev = WireEvent::deserialize(item).map_err(|e| invalid(e.to_string()))?;
+    if ev.audit_id.is_empty() {
+        return Err(invalid("auditID is empty".into()));
+    }
+    if ev.verb.is_empty() {
+        return Err(invalid("verb is empty".into()));
+    }
+    if ev.user.username.is_empty() {
+        return Err(invalid("user.username is empty".into()));
+    }
+    let stamp = ev
+        .stage_timestamp
+        .as_deref()
+        .or(ev.request_received_timestamp.as_deref())
+        .ok_or_else(|| {
+            invalid("neither stageTimestamp nor requestReceivedTimestamp is set".into())
+        })?;
+    let event_time = chrono::DateTime::parse_from_rfc3339(stamp)
+        .map_err(|e| invalid(format!("timestamp `{stamp}` is not RFC 3339: {e}")))?
+        .timestamp_micros();
+    let object = ev.object_ref.unwrap_or(WireObjectRef {
+        resource: None,
+        namespace: None,
+        name: None,
+        api_group: None,
+        api_version: None,
+        subresource: None,
+    });
+    let request_object = ev
+        .request_object
+        .map(|o| sanitizer.sanitize_object(object.resource.as_deref(), o))
+        .and_then(|o| serde_json::to_string(&o).ok());
+    Ok(AuditEvent {
+        cluster: cluster.to_string(),
+        event_time,
+        audit_id: ev.audit_id,
+        stage: ev.stage,
+        level: ev.level,
+        verb: ev.verb,
+        request_uri: ev.request_uri,
+        user: ev.user.username,
+        groups: ev.user.groups,
+        impersonated_user: ev.impersonated_user.map(|u| u.username),
+        source_ips: ev.source_ips,
+        user_agent: ev.user_agent,
+        api_group: object.api_group.filter(|g| !g.is_empty()),
+        api_version: object.api_version,
+        resource: object.resource,
+        subresource: object.subresource,
+        namespace: object.namespace,
+        name: object.name,
+        response_code: ev.response_status.and_then(|s| s.code),
+        annotations: ev.annotations,
+        request_object,
+    })
+}
+
+/// The Kafka key of an audit event: `cluster/namespace` (`cluster/_cluster` when cluster-scoped).
+pub fn partition_key(event: &AuditEvent) -> String {
+    format!(
+        "{}/{}",
+        event.cluster,
+        event.namespace.as_deref().unwrap_or("_cluster")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sanitizer() -> Sanitizer {
+        Sanitizer::new(b"test-key-0123456789")
+    }
+
+    const EXEC: &str = r#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[
+      {"level":"Metadata","auditID":"a1","stage":"ResponseStarted",
+       "requestURI":"/api/v1/namespaces/shop/pods/web-1/exec?command=sh&container=web&stdin=true&tty=true",
+       "verb":"create","user":{"username":"alice","groups":["dev","system:authenticated"]},
+       "sourceIPs":["10.1.2.3"],"userAgent":"kubectl/v1.30.0",
+       "objectRef":{"resource":"pods","namespace":"shop","name":"web-1","apiVersion":"v1","subresource":"exec"},
+       "responseStatus":{"metadata":{},"code":101},
+       "requestReceivedTimestamp":"2026-11-26T10:00:00.123456Z","stageTimestamp":"2026-11-26T10:00:00.200000Z",
+       "annotations":{"authorization.k8s.io/decision":"allow"}}]}"#;
+
+    #[test]
+    fn parses_an_event_list() {
+        let b = parse_body(EXEC.as_bytes(), "prod", &sanitizer()).expect("parses");
+        assert!(b.rejected.is_empty());
+        let e = &b.events[0];
+        assert_eq!(e.cluster, "prod");
+        assert_eq!(e.user, "alice");
+        assert_eq!(e.subresource.as_deref(), Some("exec"));
+        assert_eq!(e.response_code, Some(101));
+        assert_eq!(e.event_time, 1_795_687_200_200_000);
+        assert_eq!(partition_key(e), "prod/shop");
+    }
+
+    #[test]
+    fn refuses_what_is_not_audit() {
+        let err = parse_body(b"{\"items\": [", "c", &sanitizer()).expect_err("bad json");
+        assert_eq!(err.kind(), "invalid_json");
+        let err = parse_body(
+            br#"{"kind":"PodList","apiVersion":"v1","items":[]}"#,
+            "c",
+            &sanitizer(),
+        )
+        .expect_err("wrong kind");
+        assert!(err.to_string().contains("PodList"), "{err}");
+        let err = parse_body(br#"[1,2]"#, "c", &sanitizer()).expect_err("array");
+        assert_eq!(err.kind(), "invalid_json");
+    }
+
+    #[test]
+    fn one_bad_event_does_not_cost_the_rest() {
+        let head = EXEC.trim_end().strip_suffix("]}").expect("list end");
+        let body =
+            format!(r#"{head},{{"auditID":"a2","verb":"get","user":{{"username":"bob"}}}}]}}"#);
+        let b = parse_body(body.as_bytes(), "c", &sanitizer()).expect("parses");
+        assert_eq!(b.events.len(), 1);
+        assert_eq!(b.rejected.len(), 1);
+        assert!(b.rejected[0].0.to_string().contains("a2"));
+        assert!(b.rejected[0].0.to_string().contains("stageTimestamp"));
+    }
+}

@@ -1,0 +1,218 @@
+//! Keeps secrets inside ingest.
+//!
+//! Secret `data`/`stringData` values, container env values, ConfigMap values under secret-like
+//! keys and `last-applied-configuration` annotations are replaced by a keyed hash
+//! (`hmac-sha256:<hex>`), so equal values can still be correlated but never read back.
+
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+
+/// Annotation that carries a full copy of the applied object, secrets included.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Key names whose ConfigMap values are treated as secret.
+const SECRET_LIKE: &[&str] = &[
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "apikey",
+    "api_key",
+    "api-key",
+    "credential",
+    "private",
+    "key",
+    "auth",
+    "cert",
+];
+
+/// Replaces secret values with keyed hashes.
+#[derive(Clone)]
+pub struct Sanitizer {
+    key: Vec<u8>,
+}
+
+impl Sanitizer {
+    /// A sanitizer with a fixed key (from `ingest.redaction_key`).
+    pub fn new(key: &[u8]) -> Self {
+        Sanitizer { key: key.to_vec() }
+    }
+
+    /// A sanitizer with a random per-process key.
+    pub fn random() -> Self {
+        let mut key = [0u8; 32];
+        // The std hasher is randomly seeded per process; enough for a per-run redaction key.
+        for (i, chunk) in key.chunks_mut(8).enumerate() {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_usize(i);
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0),
+            );
+            chunk.copy_from_slice(&h.finish().to_le_bytes());
+        }
+        Sanitizer { key: key.to_vec() }
+    }
+
+    /// `hmac-sha256:<hex>` of a value.
+    pub fn hash(&self, value: &str) -> String {
+        // HMAC accepts keys of any length, so this cannot fail.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        mac.update(value.as_bytes());
+        format!(
+            "hmac-sha256:{}",
+            hex::encode(&mac.finalize().into_bytes()[..16])
+        )
+    }
+
+    /// Sanitises a Kubernetes object (a request body or a watched object).
+    pub fn sanitize_object(&self, resource: Option<&str>, mut obj: Value) -> Value {
+        let kind = obj
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let is_secret = kind == "Secret" || resource == Some("secrets");
+        let is_configmap = kind == "ConfigMap" || resource == Some("configmaps");
+        if let Some(map) = obj.as_object_mut() {
+            if is_secret {
+                for field in ["data", "stringData"] {
+                    if let Some(Value::Object(values)) = map.get_mut(field) {
+                        for v in values.values_mut() {
+                            *v = Value::String(self.hash(&value_text(v)));
+                        }
+                    }
+                }
+            }
+            if is_configmap {
+                for field in ["data", "binaryData"] {
+                    if let Some(Value::Object(values)) = map.get_mut(field) {
+                        for (k, v) in values.iter_mut() {
+                            if is_secret_like(k) {
+                                *v = Value::String(self.hash(&value_text(v)));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.scrub(&mut obj);
+        obj
+    }
+
+    /// Sanitises a whole raw audit event (used before dead-lettering one that did not parse).
+    pub fn sanitize_audit_json(&self, mut event: Value) -> Value {
+        let resource = event
+            .pointer("/objectRef/resource")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if let Some(map) = event.as_object_mut() {
+            for field in ["requestObject", "responseObject"] {
+                if let Some(v) = map.remove(field) {
+                    map.insert(
+                        field.to_string(),
+                        self.sanitize_object(resource.as_deref(), v),
+                    );
+                }
+            }
+        }
+        event
+    }
+
+    /// Walks any object: env values, last-applied annotations, nested secrets (e.g. in lists).
+    fn scrub(&self, value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::Object(annotations)) = map.get_mut("annotations")
+                    && let Some(v) = annotations.get_mut(LAST_APPLIED)
+                {
+                    *v = Value::String(self.hash(&value_text(v)));
+                }
+                if let Some(Value::Array(env)) = map.get_mut("env") {
+                    for var in env.iter_mut() {
+                        if let Some(v) = var.get_mut("value") {
+                            *v = Value::String(self.hash(&value_text(v)));
+                        }
+                    }
+                }
+                let nested_secret = map.get("kind").and_then(Value::as_str) == Some("Secret");
+                if nested_secret {
+                    for field in ["data", "stringData"] {
+                        if let Some(Value::Object(values)) = map.get_mut(field) {
+                            for v in values.values_mut() {
+                                *v = Value::String(self.hash(&value_text(v)));
+                            }
+                        }
+                    }
+                }
+                for (k, v) in map.iter_mut() {
+                    if k != "env" {
+                        self.scrub(v);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| self.scrub(v)),
+            _ => {}
+        }
+    }
+}
+
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn is_secret_like(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    SECRET_LIKE.iter().any(|p| k.contains(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn secret_values_never_survive() {
+        let s = Sanitizer::new(b"0123456789abcdef");
+        let obj = json!({"kind":"Secret","metadata":{"name":"db","annotations":{LAST_APPLIED:"{\"data\":{\"pw\":\"aHVudGVyMg==\"}}"}},
+                          "data":{"pw":"aHVudGVyMg=="},"stringData":{"token":"hunter2"}});
+        let out = s.sanitize_object(Some("secrets"), obj).to_string();
+        assert!(
+            !out.contains("hunter2") && !out.contains("aHVudGVyMg=="),
+            "{out}"
+        );
+        assert!(out.contains("hmac-sha256:"));
+        assert!(out.contains("\"db\""), "metadata is kept");
+    }
+
+    #[test]
+    fn env_values_and_secret_like_configmap_keys_are_hashed() {
+        let s = Sanitizer::new(b"0123456789abcdef");
+        let pod = json!({"kind":"Pod","spec":{"containers":[{"name":"c","env":[{"name":"DB_PASSWORD","value":"hunter2"},
+                          {"name":"FROM","valueFrom":{"secretKeyRef":{"name":"db","key":"pw"}}}]}]}});
+        let out = s.sanitize_object(Some("pods"), pod);
+        let text = out.to_string();
+        assert!(!text.contains("hunter2"));
+        assert!(text.contains("DB_PASSWORD") && text.contains("secretKeyRef"));
+        let cm = json!({"kind":"ConfigMap","data":{"db_password":"hunter2","log_level":"debug"}});
+        let out = s.sanitize_object(None, cm).to_string();
+        assert!(!out.contains("hunter2") && out.contains("debug"));
+    }
+
+    #[test]
+    fn hashes_are_keyed_and_stable() {
+        let a = Sanitizer::new(b"0123456789abcdef");
+        let b = Sanitizer::new(b"fedcba9876543210");
+        assert_eq!(a.hash("x"), a.hash("x"));
+        assert_ne!(a.hash("x"), b.hash("x"));
+        assert_ne!(Sanitizer::random().hash("x"), Sanitizer::random().hash("x"));
+    }
+}

@@ -1,0 +1,98 @@
+//! `[ingest]` settings.
+
+use korvid_common::settings::{
+    SettingsError, Validate, require_non_empty, require_range, require_socket_addr,
+};
+use serde::Deserialize;
+
+/// `[ingest]` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestSettings {
+    /// Cluster id stamped on every record (many clusters can share one pipeline).
+    pub cluster: String,
+    /// Key for the keyed hashes that replace secret values. Unset: a random key per process
+    /// (hashes then only match within one run).
+    pub redaction_key: Option<String>,
+    /// The audit webhook.
+    pub audit_webhook: AuditWebhookSettings,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        IngestSettings {
+            cluster: "default".into(),
+            redaction_key: None,
+            audit_webhook: AuditWebhookSettings::default(),
+        }
+    }
+}
+
+/// `[ingest.audit_webhook]` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditWebhookSettings {
+    /// Serve the webhook.
+    pub enabled: bool,
+    /// Listen address.
+    pub listen: String,
+    /// Request path kube-apiserver posts to.
+    pub path: String,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Batches handled at once; more get 429 with Retry-After.
+    pub max_in_flight: usize,
+}
+
+impl Default for AuditWebhookSettings {
+    fn default() -> Self {
+        AuditWebhookSettings {
+            enabled: true,
+            listen: "127.0.0.1:9440".into(),
+            path: "/audit/webhook".into(),
+            max_body_bytes: 16 << 20,
+            max_in_flight: 32,
+        }
+    }
+}
+
+impl Validate for IngestSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        require_non_empty("ingest.cluster", &self.cluster)?;
+        if self.cluster.contains('/') {
+            return Err(SettingsError::invalid(
+                "ingest.cluster",
+                "must not contain '/' (it is part of record keys)",
+            ));
+        }
+        if let Some(k) = &self.redaction_key
+            && k.len() < 16
+        {
+            return Err(SettingsError::invalid(
+                "ingest.redaction_key",
+                "must be at least 16 characters",
+            ));
+        }
+        let w = &self.audit_webhook;
+        require_socket_addr("ingest.audit_webhook.listen", &w.listen)?;
+        if !w.path.starts_with('/') {
+            return Err(SettingsError::invalid(
+                "ingest.audit_webhook.path",
+                "must start with '/'",
+            ));
+        }
+        require_range(
+            "ingest.audit_webhook.max_body_bytes",
+            w.max_body_bytes,
+            1024,
+            1 << 30,
+        )?;
+        require_range(
+            "ingest.audit_webhook.max_in_flight",
+            w.max_in_flight,
+            1,
+            4096,
+        )?;
+        Ok(())
+    }
+}

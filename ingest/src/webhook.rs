@@ -1,0 +1,273 @@
+//! The audit webhook: kube-apiserver's webhook backend POSTs `EventList`s here; each is parsed,
+//! sanitised and written to the audit topic, and answered only once Kafka has every event (the
+//! API server retries what it did not get acknowledged).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use korvid_common::ServiceContext;
+use korvid_common::kafka::{DeadLetterSource, DeadLetters, KafkaClientError, RecordProducer};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tokio::sync::Semaphore;
+
+use crate::audit::{parse_body, partition_key};
+use crate::sanitize::Sanitizer;
+use crate::settings::IngestSettings;
+
+const STAGE: &str = "ingest.audit_webhook";
+
+/// Why ingest stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr} (ingest.audit_webhook.listen): {source}")]
+    Bind {
+        /// Address.
+        addr: String,
+        /// OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Kafka clients could not be created.
+    #[error(transparent)]
+    Kafka(#[from] KafkaClientError),
+    /// The server failed.
+    #[error("audit webhook server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+#[derive(Clone)]
+struct Metrics {
+    batches: Family<Vec<(String, String)>, Counter>,
+    events_accepted: Counter,
+    events_rejected: Counter,
+}
+
+struct Shared {
+    cluster: String,
+    topic: String,
+    sanitizer: Sanitizer,
+    producer: RecordProducer,
+    dead_letters: DeadLetters,
+    permits: Arc<Semaphore>,
+    metrics: Metrics,
+}
+
+/// The webhook, ready to serve.
+#[derive(Clone)]
+pub struct AuditWebhook {
+    shared: Arc<Shared>,
+    path: String,
+    max_body: usize,
+}
+
+impl AuditWebhook {
+    /// Builds the webhook's Kafka clients and metrics.
+    pub fn build(settings: &IngestSettings, ctx: &ServiceContext) -> Result<Self, IngestError> {
+        let producer = ctx.kafka.producer()?;
+        let dead_letters = ctx.kafka.dead_letters(producer.clone());
+        let t = &ctx.telemetry;
+        let metrics = Metrics {
+            batches: t.register(
+                "ingest_audit_batches",
+                "Audit webhook requests, by result",
+                Family::default(),
+            ),
+            events_accepted: t.register(
+                "ingest_audit_events_accepted",
+                "Audit events written to Kafka",
+                Counter::default(),
+            ),
+            events_rejected: t.register(
+                "ingest_audit_events_rejected",
+                "Audit events refused and dead-lettered",
+                Counter::default(),
+            ),
+        };
+        let sanitizer = match &settings.redaction_key {
+            Some(k) => Sanitizer::new(k.as_bytes()),
+            None => {
+                tracing::warn!(
+                    "ingest.redaction_key is not set: secret hashes are keyed per process and will not match across restarts"
+                );
+                Sanitizer::random()
+            }
+        };
+        let w = &settings.audit_webhook;
+        Ok(AuditWebhook {
+            shared: Arc::new(Shared {
+                cluster: settings.cluster.clone(),
+                topic: ctx.kafka.topics.audit.clone(),
+                sanitizer,
+                producer,
+                dead_letters,
+                permits: Arc::new(Semaphore::new(w.max_in_flight)),
+                metrics,
+            }),
+            path: w.path.clone(),
+            max_body: w.max_body_bytes,
+        })
+    }
+
+    /// The HTTP routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route(&self.path, post(receive))
+            .layer(DefaultBodyLimit::max(self.max_body))
+            .with_state(self.shared.clone())
+    }
+}
+
+/// Serves the audit webhook until shutdown, then flushes the producer.
+pub async fn run(settings: IngestSettings, ctx: ServiceContext) -> Result<(), IngestError> {
+    const COMPONENT: &str = "ingest";
+    ctx.telemetry.declare(COMPONENT);
+    if !settings.audit_webhook.enabled {
+        tracing::info!("audit webhook disabled (ingest.audit_webhook.enabled = false)");
+        ctx.telemetry.set_ready(COMPONENT, true);
+        ctx.shutdown.triggered().await;
+        return Ok(());
+    }
+    let webhook = AuditWebhook::build(&settings, &ctx)?;
+    let addr: SocketAddr =
+        settings
+            .audit_webhook
+            .listen
+            .parse()
+            .map_err(|e| IngestError::Bind {
+                addr: settings.audit_webhook.listen.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+            })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| IngestError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(IngestError::Serve)?;
+    tracing::info!(%bound, path = %settings.audit_webhook.path, "audit webhook listening");
+    ctx.telemetry.set_ready(COMPONENT, true);
+    let stop = ctx.shutdown.clone();
+    axum::serve(listener, webhook.router())
+        .with_graceful_shutdown(async move { stop.triggered().await })
+        .await
+        .map_err(IngestError::Serve)?;
+    // Requests in flight were answered only after their events were acknowledged, so a flush
+    // here only covers dead letters still on their way.
+    let _ = webhook
+        .shared
+        .producer
+        .flush(std::time::Duration::from_secs(5));
+    tracing::info!("audit webhook stopped");
+    Ok(())
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+async fn receive(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+    let Ok(_permit) = s.permits.clone().try_acquire_owned() else {
+        count(&s, "throttled");
+        let mut resp = json_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            serde_json::json!({"error": "ingest is at capacity; retry shortly"}),
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return resp;
+    };
+    let batch = match parse_body(&body, &s.cluster, &s.sanitizer) {
+        Ok(b) => b,
+        Err(e) => {
+            // Unparseable bodies may hold secrets anywhere; keep the raw bytes only in the
+            // dead-letter topic (operators' eyes only) and never in logs or metrics.
+            let kind = e.kind();
+            let source = DeadLetterSource {
+                cluster: Some(s.cluster.clone()),
+                ..Default::default()
+            };
+            if let Err(dl) = s
+                .dead_letters
+                .send(STAGE, kind, &e.to_string(), &body, source)
+                .await
+            {
+                count(&s, "unavailable");
+                return unavailable(&dl);
+            }
+            count(&s, "malformed");
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": e.to_string(), "kind": kind}),
+            );
+        }
+    };
+
+    let keys: Vec<String> = batch.events.iter().map(partition_key).collect();
+    let sends = batch
+        .events
+        .iter()
+        .zip(&keys)
+        .map(|(ev, key)| s.producer.send(&s.topic, key, ev));
+    let results = futures::future::join_all(sends).await;
+    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+        // Some events may be in Kafka already; the API server resends the batch and enrich
+        // folds duplicates by auditID.
+        count(&s, "unavailable");
+        return unavailable(e);
+    }
+    let mut errors = Vec::new();
+    for (err, raw) in &batch.rejected {
+        let source = DeadLetterSource {
+            cluster: Some(s.cluster.clone()),
+            ..Default::default()
+        };
+        if let Err(dl) = s
+            .dead_letters
+            .send(STAGE, err.kind(), &err.to_string(), raw, source)
+            .await
+        {
+            count(&s, "unavailable");
+            return unavailable(&dl);
+        }
+        errors.push(err.to_string());
+    }
+    s.metrics.events_accepted.inc_by(batch.events.len() as u64);
+    s.metrics
+        .events_rejected
+        .inc_by(batch.rejected.len() as u64);
+    count(&s, if errors.is_empty() { "ok" } else { "partial" });
+    json_response(
+        StatusCode::OK,
+        serde_json::json!({
+            "accepted": batch.events.len(),
+            "rejected": batch.rejected.len(),
+            "errors": errors,
+        }),
+    )
+}
+
+fn count(s: &Shared, result: &str) {
+    s.metrics
+        .batches
+        .get_or_create(&vec![("result".into(), result.to_string())])
+        .inc();
+}
+
+fn unavailable(e: &KafkaClientError) -> Response {
+    tracing::error!(error = %e, "audit batch not stored; asking the API server to retry");
+    let mut resp = json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        serde_json::json!({"error": format!("events not stored: {e}")}),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    resp
+}

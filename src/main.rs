@@ -1,0 +1,89 @@
+//! The `korvid` binary: parses the command line, loads settings, starts telemetry and hands
+//! over to the services. Service logic lives in the service crates.
+
+mod settings;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::settings::KorvidSettings;
+
+/// Threat detection for Kubernetes on Kafka.
+///
+/// korvid ingests API-server audit events, windows them into graph windows of the cluster,
+/// runs detection rules over every window and sends deduplicated, explained alerts.
+#[derive(Parser)]
+#[command(name = "korvid", version, about, long_about = None)]
+struct Cli {
+    /// Configuration file (TOML or YAML). Default: ./korvid.toml when it exists. Every setting
+    /// can also be given as KORVID__SECTION__KEY, e.g. KORVID__KAFKA__BOOTSTRAP_SERVERS.
+    #[arg(long, short, env = "KORVID_CONFIG", global = true)]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run all four services in one process. Without kafka.bootstrap_servers, start the
+    /// embedded local broker (tansu) with its data under data_dir, and stop it on exit.
+    Up,
+    /// Serve the API-server audit webhook and write audit events to Kafka.
+    Ingest,
+    /// Window audit events into graph windows of the cluster.
+    Enrich,
+    /// Evaluate the rule catalog over graph windows and publish findings.
+    Detect,
+    /// Deduplicate findings into alerts and deliver them (stdout, webhooks, Kafka).
+    Notify,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let file = cli.config.clone().or_else(|| {
+        let default = PathBuf::from("korvid.toml");
+        default.exists().then_some(default)
+    });
+    let settings: KorvidSettings =
+        match korvid_common::settings::load(file.as_deref(), std::env::vars()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("korvid: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    let service = match cli.command {
+        Command::Up => "up",
+        Command::Ingest => "ingest",
+        Command::Enrich => "enrich",
+        Command::Detect => "detect",
+        Command::Notify => "notify",
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("korvid")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("korvid: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let _guard = korvid_common::telemetry::init_logging(&settings.telemetry, service)?;
+        up::run(service, settings).await
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("korvid: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Starts one service, or all four (`up`), with shared Kafka, telemetry and shutdown.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use korvid_common::broker::LocalBroker;
+use korvid_common::kafka::KafkaContext;
+use korvid_common::{ServiceContext, Shutdown, Telemetry};
+
+use crate::settings::KorvidSettings;
+
+/// How long services get to drain after a shutdown signal.
+const DRAIN: Duration = Duration::from_secs(8);
+
+/// Runs `service` (`up`, `ingest`, `enrich`, `detect`, `notify`) until shutdown.
+pub async fn run(service: &str, settings: KorvidSettings) -> anyhow::Result<()> {
+    let shutdown = Shutdown::new();
+    shutdown.listen_for_signals();
+    let telemetry = Telemetry::new();
+    if !settings.telemetry.listen.is_empty() {
+        let addr = settings
+            .telemetry
+            .listen
+            .parse()
+            .context("telemetry.listen")?;
+        telemetry
+            .serve(addr, shutdown.clone())
+            .await
+            .with_context(|| format!("cannot listen on {addr} (telemetry.listen)"))?;
+    }
+
+    let mut broker = None;
+    let bootstrap = match (&settings.kafka.bootstrap_servers, service) {
+        (Some(b), _) => b.clone(),
+        (None, "up") => {
+            std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+                format!("cannot create data_dir {}", settings.data_dir.display())
+            })?;
+            let b = LocalBroker::start(&settings.broker, &settings.data_dir).await?;
+            let addr = b.bootstrap.clone();
+            broker = Some(b);
+            addr
+        }
+        (None, other) => bail!(
+            "kafka.bootstrap_servers (env KORVID__KAFKA__BOOTSTRAP_SERVERS) is required for \
+             `korvid {other}`; only `korvid up` starts the embedded broker"
+        ),
+    };
+
+    let kafka = KafkaContext::new(settings.kafka.clone(), bootstrap, &telemetry);
+    let started = async {
+        kafka.wait_for_broker(Duration::from_secs(30)).await?;
+        kafka.ensure_topics().await
+    };
+    if let Err(e) = started.await {
+        if let Some(b) = broker {
+            b.stop(Duration::from_secs(3)).await;
+        }
+        return Err(e.into());
+    }
+    let ctx = ServiceContext {
+        kafka,
+        telemetry,
+        shutdown: shutdown.clone(),
+    };
+
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let launch = |name: &'static str, fut: futures_like::BoxFuture| {
+        let shutdown = shutdown.clone();
+        let failed = failed.clone();
+        shutdown.clone().spawn(async move {
+            if let Err(e) = fut.await {
+                tracing::error!(service = name, error = %e, "service failed; shutting down");
+                failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                shutdown.trigger();
+            }
+        });
+    };
+    let s = &settings;
+    if matches!(service, "up" | "ingest") {
+        launch(
+            "ingest",
+            Box::pin(err_str(korvid_ingest::run(s.ingest.clone(), ctx.clone()))),
+        );
+    }
+    if matches!(service, "up" | "enrich") {
+        launch(
+            "enrich",
+            Box::pin(err_str(korvid_enrich::run(s.enrich.clone(), ctx.clone()))),
+        );
+    }
+    if matches!(service, "up" | "detect") {
+        launch(
+            "detect",
+            Box::pin(err_str(korvid_detect::run(s.detect.clone(), ctx.clone()))),
+        );
+    }
+    if matches!(service, "up" | "notify") {
+        launch(
+            "notify",
+            Box::pin(err_str(korvid_notify::run(s.notify.clone(), ctx.clone()))),
+        );
+    }
+    tracing::info!(service, "korvid running; SIGTERM or Ctrl-C to stop");
+
+    shutdown.triggered().await;
+    let drained = shutdown.wait_tasks(DRAIN).await;
+    if !drained {
+        tracing::warn!("services did not drain within {DRAIN:?}");
+    }
+    if let Some(b) = broker {
+        b.stop(Duration::from_secs(3)).await;
+    }
+    if failed.load(std::sync::atomic::Ordering::SeqCst) {
+        bail!("a service failed; see the log above");
+    }
+    tracing::info!("korvid stopped cleanly");
+    Ok(())
+}
+
+async fn err_str<E: std::fmt::Display>(
+    fut: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), String> {
+    fut.await.map_err(|e| e.to_string())
+}
+
+mod futures_like {
+    /// A boxed service future.
+    pub type BoxFuture =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+}
