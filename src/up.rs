@@ -10,13 +10,19 @@ use korvid_common::{ServiceContext, Shutdown, Telemetry};
 use crate::settings::KorvidSettings;
 
 /// How long services get to drain after a shutdown signal.
-const DRAIN: Duration = Duration::from_secs(8);
+const DRAIN: Duration = Duration::from_secs(6);
 
 /// Runs `service` (`up`, `ingest`, `enrich`, `detect`, `notify`) until shutdown.
 pub async fn run(service: &str, settings: KorvidSettings) -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     shutdown.listen_for_signals();
     let telemetry = Telemetry::new();
+    // Everything this process will run is declared up front, so /readyz cannot say yes early.
+    for name in ["kafka", "ingest", "enrich", "detect", "notify"] {
+        if name == "kafka" || service == "up" || service == name {
+            telemetry.declare(name);
+        }
+    }
     if !settings.telemetry.listen.is_empty() {
         let addr = settings
             .telemetry
@@ -58,6 +64,7 @@ pub async fn run(service: &str, settings: KorvidSettings) -> anyhow::Result<()> 
         }
         return Err(e.into());
     }
+    telemetry.set_ready("kafka", true);
     let ctx = ServiceContext {
         kafka,
         telemetry,

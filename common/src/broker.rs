@@ -193,7 +193,10 @@ impl LocalBroker {
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
-            .kill_on_drop(true);
+            .kill_on_drop(true)
+            // Own process group: a Ctrl-C in the terminal reaches korvid, which drains through
+            // the broker and only then stops it.
+            .process_group(0);
         let mut child = cmd.spawn().map_err(|source| BrokerError::Spawn {
             binary: binary.display().to_string(),
             source,

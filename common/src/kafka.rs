@@ -429,6 +429,9 @@ impl KafkaContext {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "10000")
+            // Alerts are latency-sensitive and volumes per hop are modest: do not let an idle
+            // fetch sit at the broker for librdkafka's default 500 ms.
+            .set("fetch.wait.max.ms", "100")
             .set("enable.partition.eof", "false");
         let (tx, rx) = std::sync::mpsc::channel();
         let consumer: StreamConsumer<RebalanceContext> = cfg
@@ -601,9 +604,12 @@ impl RecordProducer {
         }
     }
 
-    /// Waits for every in-flight record to be acknowledged.
+    /// Waits for every in-flight record to be acknowledged (at most `timeout`).
+    ///
+    /// Blocks the calling thread; inside the runtime it hands its worker slot to another thread
+    /// first, so timers and other tasks keep running. Needs the multi-threaded runtime.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaClientError> {
-        self.producer.flush(timeout).map_err(kafka("flush"))
+        tokio::task::block_in_place(|| self.producer.flush(timeout)).map_err(kafka("flush"))
     }
 }
 
@@ -758,8 +764,13 @@ impl AtLeastOnceConsumer {
     }
 
     /// Commits stored offsets synchronously (call on shutdown, after draining).
+    ///
+    /// Blocks while the broker answers (or not); like [`RecordProducer::flush`] it hands its
+    /// worker slot over first, so a dead broker cannot stall the shutdown deadline.
     pub fn commit_now(&self) -> Result<(), KafkaClientError> {
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+        let result =
+            tokio::task::block_in_place(|| self.consumer.commit_consumer_state(CommitMode::Sync));
+        match result {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
             Err(e) => Err(KafkaClientError::Kafka {
                 op: "commit",
@@ -768,9 +779,12 @@ impl AtLeastOnceConsumer {
         }
     }
 
-    /// Leaves the group cleanly.
+    /// Leaves the group (blocking while the broker answers, off the worker slot).
     pub fn close(self) {
-        self.consumer.unsubscribe();
+        tokio::task::block_in_place(move || {
+            self.consumer.unsubscribe();
+            drop(self);
+        });
     }
 }
 

@@ -119,6 +119,8 @@ pub fn init_logging(
         None => (None, None),
     };
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    // Colours only for people at a terminal; files and log collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let result = if settings.log_format == "json" {
         registry
             .with(
@@ -129,7 +131,11 @@ pub fn init_logging(
             .try_init()
     } else {
         registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(std::io::stderr),
+            )
             .try_init()
     };
     // A second init (tests, `up` after a failed start) keeps the first subscriber.
@@ -171,9 +177,12 @@ impl Telemetry {
         metric
     }
 
-    /// Declares a component that must become ready before `/readyz` says yes.
+    /// Declares a component that must become ready before `/readyz` says yes (a component
+    /// already declared keeps its state).
     pub fn declare(&self, component: &str) {
-        lock(&self.inner.ready).insert(component.to_string(), false);
+        lock(&self.inner.ready)
+            .entry(component.to_string())
+            .or_insert(false);
     }
 
     /// Marks a component ready or not.
@@ -181,9 +190,14 @@ impl Telemetry {
         lock(&self.inner.ready).insert(component.to_string(), ready);
     }
 
-    /// Components not ready yet (empty when ready).
+    /// Components not ready yet (empty when ready). Before anything is declared the process
+    /// is still starting, which counts as not ready.
     pub fn not_ready(&self) -> Vec<String> {
-        lock(&self.inner.ready)
+        let ready = lock(&self.inner.ready);
+        if ready.is_empty() {
+            return vec!["starting".to_string()];
+        }
+        ready
             .iter()
             .filter(|(_, r)| !**r)
             .map(|(c, _)| c.clone())

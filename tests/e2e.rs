@@ -1,0 +1,264 @@
+//! End to end on a real Kafka-protocol broker: `korvid up` starts its embedded broker (tansu),
+//! audit events go in through the webhook, alerts come out at a real HTTP receiver.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use korvid_schemas::{DeadLetter, Decoder};
+use support::*;
+
+const ALERT_WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_into_a_pod_alerts_exactly_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let receiver = Receiver::start().await;
+    let cfg = KorvidConfig::new(dir.path(), &receiver.url);
+    let _korvid = Korvid::start(&cfg).await;
+    let client = http();
+
+    let batch = exec_batch("e2e-exec-1", "shop", "web-6f7d9-abcde", "mallory", now_ms());
+    let posted = Instant::now();
+    let resp = client
+        .post(cfg.webhook_url())
+        .body(batch.clone())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(
+        resp.status(),
+        200,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+
+    let got = receiver.wait_for(1, ALERT_WAIT).await;
+    assert_eq!(got.len(), 1, "one alert expected:\n{}", _korvid.log_text());
+    let latency = got[0].at.duration_since(posted);
+    println!("event-to-alert latency: {} ms", latency.as_millis());
+
+    let d = &got[0];
+    assert!(d.signature_ok, "HMAC signature must verify");
+    let alert = &d.body["alert"];
+    assert_eq!(alert["tactic"], "EXECUTION");
+    assert_eq!(alert["rule_id"], "KOR-0001");
+    assert_eq!(alert["subject"]["kind"], "Pod");
+    assert_eq!(alert["subject"]["namespace"], "shop");
+    assert_eq!(alert["subject"]["name"], "web-6f7d9-abcde");
+    assert_eq!(alert["cluster"], "e2e");
+    let remediation = alert["remediation"].as_str().unwrap_or_default();
+    assert!(
+        remediation.contains("delete the pod") && remediation.contains("rotate"),
+        "remediation text: {remediation}"
+    );
+    let evidence = alert["evidence"].to_string();
+    assert!(
+        evidence.contains("mallory") && evidence.contains("e2e-exec-1"),
+        "{evidence}"
+    );
+
+    // The same batch again (kube-apiserver retries look like this): no second alert.
+    let resp = client
+        .post(cfg.webhook_url())
+        .body(batch)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 200);
+    // Its event is recognised once its window is gone; give the pipeline time after that.
+    let late = wait_metric(&cfg, "korvid_enrich_late_events", "", 1.0, ALERT_WAIT).await;
+    assert!(
+        late >= 1.0,
+        "the repeated event should be seen as late:\n{}",
+        _korvid.log_text()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        receiver.deliveries().len(),
+        1,
+        "posting the same batch again must not alert"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_batch_is_refused_dead_lettered_and_the_next_still_alerts() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let receiver = Receiver::start().await;
+    let cfg = KorvidConfig::new(dir.path(), &receiver.url);
+    let korvid = Korvid::start(&cfg).await;
+    let client = http();
+
+    let broken = r#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{"auditID":"x""#;
+    let resp = client
+        .post(cfg.webhook_url())
+        .body(broken)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().await.expect("json error body");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("not valid JSON"),
+        "error names the problem: {error}"
+    );
+    assert_eq!(body["kind"], "invalid_json");
+
+    let wrong_kind = r#"{"kind":"PodList","apiVersion":"v1","items":[]}"#;
+    let resp = client
+        .post(cfg.webhook_url())
+        .body(wrong_kind)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap_or_default().contains("PodList"));
+
+    let decoder = Decoder::<DeadLetter>::new();
+    let letters: Vec<DeadLetter> = read_topic(&cfg.bootstrap(), "korvid.deadletter.v1")
+        .iter()
+        .filter_map(|v| decoder.decode(v).ok())
+        .collect();
+    let dl = letters
+        .iter()
+        .find(|d| d.payload == broken.as_bytes())
+        .unwrap_or_else(|| panic!("malformed batch not in the dead-letter topic: {letters:?}"));
+    assert_eq!(dl.stage, "ingest.audit_webhook");
+    assert_eq!(dl.error_kind, "invalid_json");
+    assert_eq!(dl.cluster.as_deref(), Some("e2e"));
+    assert!(letters.iter().any(|d| d.error_kind == "wrong_kind"));
+    let dead = metric(&cfg, "korvid_deadletters", "invalid_json").await;
+    assert!(dead >= 1.0, "dead letters are counted in metrics");
+
+    let good = exec_batch("e2e-exec-2", "billing", "api-0", "eve", now_ms());
+    let resp = client
+        .post(cfg.webhook_url())
+        .body(good)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 200);
+    let got = receiver.wait_for(1, ALERT_WAIT).await;
+    assert_eq!(
+        got.len(),
+        1,
+        "the next good batch alerts:\n{}",
+        korvid.log_text()
+    );
+    assert_eq!(got[0].body["alert"]["subject"]["name"], "api-0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_a_restart_does_not_renotify() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let receiver = Receiver::start().await;
+    let cfg = KorvidConfig::new(dir.path(), &receiver.url);
+    let client = http();
+    let batch = exec_batch("e2e-exec-3", "ops", "db-0", "trudy", now_ms());
+
+    let mut first = Korvid::start(&cfg).await;
+    let resp = client
+        .post(cfg.webhook_url())
+        .body(batch.clone())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        receiver.wait_for(1, ALERT_WAIT).await.len(),
+        1,
+        "{}",
+        first.log_text()
+    );
+
+    let (status, took) = first.terminate().await;
+    println!("SIGTERM to exit: {} ms", took.as_millis());
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        first.log_text()
+    );
+    assert!(took < Duration::from_secs(10), "drain took {took:?}");
+    assert!(first.log_text().contains("korvid stopped cleanly"));
+
+    // Same data directory: the broker keeps topics, offsets and notify's dedup state.
+    let second = Korvid::start(&cfg).await;
+    assert!(
+        second.log_text().contains("dedup state restored")
+            && second.log_text().contains("fingerprints=1"),
+        "{}",
+        second.log_text()
+    );
+    // The restarted enrich has no memory of the window, so the same events make the same
+    // finding again; notify must recognise it.
+    let resp = client
+        .post(cfg.webhook_url())
+        .body(batch)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 200);
+    let folded = wait_metric(
+        &cfg,
+        "korvid_notify_findings",
+        "decision=\"replay\"",
+        1.0,
+        ALERT_WAIT,
+    )
+    .await
+        + metric(&cfg, "korvid_notify_findings", "decision=\"suppress\"").await;
+    assert!(
+        folded >= 1.0,
+        "the repeated finding reached notify:\n{}",
+        second.log_text()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        receiver.deliveries().len(),
+        1,
+        "no alert is sent twice across a restart"
+    );
+}
+
+#[test]
+fn an_invalid_setting_fails_fast_and_names_the_key() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_korvid"))
+        .arg("up")
+        .env("KORVID__ENRICH__WINDOW_MS", "5")
+        .output()
+        .expect("run korvid");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("enrich.window_ms"), "{err}");
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("korvid.toml");
+    std::fs::write(&file, "[notify]\nrepeat_intervall_ms = 1000\n").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_korvid"))
+        .arg("--config")
+        .arg(&file)
+        .arg("up")
+        .output()
+        .expect("run korvid");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("repeat_intervall_ms"));
+}
+
+#[test]
+fn a_missing_broker_says_how_to_install_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_korvid"))
+        .arg("up")
+        .env("KORVID__DATA_DIR", dir.path())
+        .env("KORVID__BROKER__BINARY", dir.path().join("no-such-tansu"))
+        .env("KORVID__TELEMETRY__LISTEN", "")
+        .output()
+        .expect("run korvid");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not installed") && err.contains("cargo install tansu"),
+        "{err}"
+    );
+}

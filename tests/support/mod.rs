@@ -1,0 +1,422 @@
+//! Helpers for end-to-end tests: a real `korvid up` process with its embedded broker (tansu),
+//! a real HTTP webhook receiver, audit batches, and reads of Kafka topics.
+//!
+//! Tests fail (never skip) when the broker is not installed: `make setup` installs it.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::post;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// The shared secret webhook deliveries are signed with in tests.
+pub const HMAC_SECRET: &str = "test-webhook-secret";
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Ports and paths of one korvid under test.
+pub struct KorvidConfig {
+    pub dir: PathBuf,
+    pub broker_port: u16,
+    pub webhook_port: u16,
+    pub telemetry_port: u16,
+    pub receiver_url: String,
+}
+
+impl KorvidConfig {
+    /// Fresh ports and a config file in `dir` that sends alerts to `receiver_url`.
+    pub fn new(dir: &Path, receiver_url: &str) -> Self {
+        let cfg = KorvidConfig {
+            dir: dir.to_path_buf(),
+            broker_port: free_port(),
+            webhook_port: free_port(),
+            telemetry_port: free_port(),
+            receiver_url: receiver_url.to_string(),
+        };
+        cfg.write();
+        cfg
+    }
+
+    fn write(&self) {
+        let toml = format!(
+            r#"data_dir = "{dir}/data"
+
+[broker]
+listen = "127.0.0.1:{broker}"
+
+[kafka]
+partitions = 2
+
+[telemetry]
+listen = "127.0.0.1:{telemetry}"
+
+[ingest]
+cluster = "e2e"
+redaction_key = "e2e-redaction-key-0123456789"
+
+[ingest.audit_webhook]
+listen = "127.0.0.1:{webhook}"
+
+[enrich]
+window_ms = 2000
+idle_flush_ms = 500
+
+[[notify.webhooks]]
+name = "receiver"
+url = "{url}"
+hmac_secret = "{secret}"
+max_attempts = 3
+"#,
+            dir = self.dir.display(),
+            broker = self.broker_port,
+            telemetry = self.telemetry_port,
+            webhook = self.webhook_port,
+            url = self.receiver_url,
+            secret = HMAC_SECRET,
+        );
+        std::fs::write(self.config_path(), toml).expect("write korvid.toml");
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("korvid.toml")
+    }
+
+    pub fn webhook_url(&self) -> String {
+        format!("http://127.0.0.1:{}/audit/webhook", self.webhook_port)
+    }
+
+    pub fn telemetry_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.telemetry_port)
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.broker_port)
+    }
+}
+
+/// A running `korvid up`.
+pub struct Korvid {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Korvid {
+    /// Starts `korvid up` and waits until `/readyz` says every service is ready.
+    pub async fn start(cfg: &KorvidConfig) -> Korvid {
+        let log = cfg.dir.join(format!("korvid-{}.log", now_ms()));
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_korvid"))
+            .arg("--config")
+            .arg(cfg.config_path())
+            .arg("up")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out.try_clone().expect("dup")))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("spawn korvid");
+        let mut k = Korvid {
+            child: Some(child),
+            log,
+        };
+        let client = http();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = k.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!(
+                    "korvid exited during start-up ({status}):\n{}",
+                    k.log_text()
+                );
+            }
+            if let Ok(r) = client.get(cfg.telemetry_url("/readyz")).send().await
+                && r.status().is_success()
+            {
+                return k;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "korvid not ready within 60 s:\n{}",
+                k.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the status and how long it took.
+    pub async fn terminate(&mut self) -> (ExitStatus, Duration) {
+        let mut child = self.child.take().expect("running");
+        let start = Instant::now();
+        let ok = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return (status, start.elapsed());
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!("korvid ignored SIGTERM for 30 s:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Korvid {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// An HTTP client (plain HTTP; the TLS provider is installed for reqwest's sake).
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+/// One webhook delivery as the receiver saw it.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub at: Instant,
+    pub body: serde_json::Value,
+    pub signature_ok: bool,
+}
+
+/// A real HTTP server that records alert deliveries and checks their signatures.
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    deliveries: Arc<Mutex<Vec<Delivery>>>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let deliveries: Arc<Mutex<Vec<Delivery>>> = Arc::default();
+        let app = Router::new()
+            .route("/alerts", post(receive))
+            .with_state(deliveries.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver {
+            url: format!("http://{addr}/alerts"),
+            deliveries,
+        }
+    }
+
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.deliveries.lock().expect("lock").clone()
+    }
+
+    /// Waits until at least `n` deliveries arrived.
+    pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Delivery> {
+        let deadline = Instant::now() + within;
+        loop {
+            let d = self.deliveries();
+            if d.len() >= n || Instant::now() > deadline {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+async fn receive(
+    State(store): State<Arc<Mutex<Vec<Delivery>>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> &'static str {
+    let ts = headers
+        .get("x-korvid-timestamp")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let sig = headers
+        .get("x-korvid-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(HMAC_SECRET.as_bytes()).expect("key");
+    mac.update(ts.as_bytes());
+    mac.update(b".");
+    mac.update(&body);
+    let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let parsed = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    store.lock().expect("lock").push(Delivery {
+        at: Instant::now(),
+        body: parsed,
+        signature_ok: sig == expected,
+    });
+    "ok"
+}
+
+/// An RFC 3339 timestamp with microseconds for `ms` since the epoch.
+pub fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let micros = ms.rem_euclid(1000) * 1000;
+    // Civil-from-days (Howard Hinnant's algorithm) to avoid a date dependency in tests.
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// An audit EventList with one `kubectl exec` into `namespace/pod` at `ms`.
+pub fn exec_batch(audit_id: &str, namespace: &str, pod: &str, user: &str, ms: i64) -> String {
+    serde_json::json!({
+        "kind": "EventList",
+        "apiVersion": "audit.k8s.io/v1",
+        "metadata": {},
+        "items": [{
+            "level": "Metadata",
+            "auditID": audit_id,
+            "stage": "ResponseStarted",
+            "requestURI": format!("/api/v1/namespaces/{namespace}/pods/{pod}/exec?command=sh&container=app&stdin=true&tty=true"),
+            "verb": "create",
+            "user": {"username": user, "groups": ["system:authenticated"]},
+            "sourceIPs": ["198.51.100.7"],
+            "userAgent": "kubectl/v1.31.0",
+            "objectRef": {"resource": "pods", "namespace": namespace, "name": pod, "apiVersion": "v1", "subresource": "exec"},
+            "responseStatus": {"metadata": {}, "code": 101},
+            "requestReceivedTimestamp": rfc3339(ms - 20),
+            "stageTimestamp": rfc3339(ms),
+            "annotations": {"authorization.k8s.io/decision": "allow"}
+        }]
+    })
+    .to_string()
+}
+
+/// Reads a Prometheus counter (summing every label set whose text contains `labels`).
+pub async fn metric(cfg: &KorvidConfig, name: &str, labels: &str) -> f64 {
+    let text = match http().get(cfg.telemetry_url("/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => return 0.0,
+    };
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until `metric` reaches `at_least`; returns the last value.
+pub async fn wait_metric(
+    cfg: &KorvidConfig,
+    name: &str,
+    labels: &str,
+    at_least: f64,
+    within: Duration,
+) -> f64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = metric(cfg, name, labels).await;
+        if v >= at_least || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every value currently in `topic`, read from the beginning.
+pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Vec<u8>> {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("e2e-reader-{}", now_ms()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    let mut highs = Vec::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .expect("watermarks");
+            if high > 0 {
+                tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                    .expect("assign");
+                highs.push((p.id(), high));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if highs.is_empty() {
+        return out;
+    }
+    consumer.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !highs.is_empty() && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            if let Some(p) = m.payload() {
+                out.push(p.to_vec());
+            }
+            highs.retain(|(part, high)| !(*part == m.partition() && m.offset() + 1 >= *high));
+        }
+    }
+    out
+}
