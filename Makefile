@@ -1,0 +1,44 @@
+# The one entry point for people, CI and scripts. `make help` lists the targets.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+KORVID_TOOLS ?= $(HOME)/.cache/korvid/tools
+export KORVID_TOOLS
+WEBHOOK ?= http://127.0.0.1:9440/audit/webhook
+
+.PHONY: help setup build up send-sample test lint fmt ci clean-data
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+setup: ## Install the broker (tansu) and ONNX Runtime into $(KORVID_TOOLS), once
+	@scripts/setup.sh
+
+build: setup ## Build korvid
+	$(CARGO) build --bin korvid
+
+up: build ## Run all services on the embedded broker (data in ./.korvid); Ctrl-C stops
+	$(CARGO) run --quiet --bin korvid -- up
+
+send-sample: ## Post a sample audit batch (kubectl exec into a pod) to the running korvid
+	@curl -sS -X POST -H 'content-type: application/json' \
+	  --data @deploy/samples/audit-exec.json $(WEBHOOK); echo
+
+lint: ## Formatting and clippy, warnings are errors
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+test: setup lint ## The whole suite: lint, unit, integration and end-to-end tests on the real broker
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  $(CARGO) nextest run --workspace --locked --no-fail-fast; \
+	else \
+	  $(CARGO) test --workspace --locked --no-fail-fast; \
+	fi
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+ci: test ## What CI runs
+
+clean-data: ## Forget the embedded broker's data and notify's memory (./.korvid)
+	rm -rf .korvid
