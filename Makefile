@@ -6,7 +6,7 @@ KORVID_TOOLS ?= $(HOME)/.cache/korvid/tools
 export KORVID_TOOLS
 WEBHOOK ?= http://127.0.0.1:9440/audit/webhook
 
-.PHONY: help setup build up send-sample test lint fmt ci clean-data
+.PHONY: help setup build up send-sample test lint fmt bench ci clean-data
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -34,6 +34,10 @@ test: setup lint ## The whole suite: lint, unit, integration and end-to-end test
 	else \
 	  $(CARGO) test --workspace --locked --no-fail-fast; \
 	fi
+
+bench: setup ## Stage benchmarks against same-run baselines (release build; writes BENCHMARKS-stages.md)
+	KORVID_BENCH_OUT=$(CURDIR)/target-bench-stages.md $(CARGO) bench --bench stages
+	@mv -f target-bench-stages.md BENCHMARKS-stages.md && echo "written BENCHMARKS-stages.md"
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

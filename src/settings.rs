@@ -92,6 +92,16 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid_and_documents_the_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/korvid.example.toml");
+        let example: KorvidSettings =
+            korvid_common::settings::load(Some(std::path::Path::new(path)), Vec::new())
+                .expect("deploy/korvid.example.toml loads");
+        let defaults = KorvidSettings::default();
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = load(None, &[("KORVID__ENRICH__WINDOW_MS", "5")]).expect_err("too small");
         assert!(e.to_string().contains("enrich.window_ms"), "{e}");

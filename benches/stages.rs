@@ -1,0 +1,309 @@
+//! Stage benchmarks, each next to a baseline measured in the same run (ratios, since these
+//! machines are noisy). Run with `make bench`; prints a table and writes it to
+//! `target/bench-stages.md` when KORVID_BENCH_OUT is set.
+//!
+//! | stage | korvid | baseline |
+//! |---|---|---|
+//! | ingest.parse | audit EventList -> sanitised AuditEvents | serde_json::Value parse of the same bytes |
+//! | codec | Avro single-object encode+decode | serde_json encode+decode of the same struct |
+//! | enrich.window | DataFusion activity + graph tables + IPC | hand-written HashMap group-by |
+//! | detect.rules | full catalog over one window | IPC decode + one hand-written filter |
+//! | notify.dedup | decide + next state + commit | HashMap insert |
+//! | kafka.produce | RecordProducer (Avro, acks=all, idempotent) | raw rdkafka FutureProducer, same bytes |
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use korvid_enrich::tables::ActivityAggregator;
+use korvid_enrich::windows::ClosedWindow;
+use korvid_ingest::audit::parse_body;
+use korvid_ingest::sanitize::Sanitizer;
+use korvid_schemas::codec::{Decoder, Framing, encode};
+use korvid_schemas::*;
+
+const EVENTS: usize = 5_000;
+
+fn event_list(n: usize) -> String {
+    let base = 1_795_680_000_000i64;
+    let items: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            let (verb, res, sub, user) = match i % 10 {
+                0 => ("create", "pods", Some("exec"), "dev-jane"),
+                1 | 2 => ("get", "secrets", None, "system:serviceaccount:ci:runner"),
+                3 => ("list", "pods", None, "system:kube-scheduler"),
+                _ => ("watch", "configmaps", None, "system:serviceaccount:kube-system:operator"),
+            };
+            let ms = base + (i as i64 % 2000);
+            serde_json::json!({
+                "level": "Metadata", "auditID": format!("id-{i}"), "stage": "ResponseComplete",
+                "requestURI": format!("/api/v1/namespaces/ns{}/{res}/obj{}", i % 7, i % 50),
+                "verb": verb, "user": {"username": user, "groups": ["system:authenticated"]},
+                "sourceIPs": [format!("10.0.{}.{}", i % 3, i % 200)], "userAgent": "kubectl/v1.31",
+                "objectRef": {"resource": res, "namespace": format!("ns{}", i % 7),
+                              "name": format!("obj{}", i % 50), "apiVersion": "v1", "subresource": sub},
+                "responseStatus": {"code": 200},
+                "requestReceivedTimestamp": format!("2026-11-26T08:00:00.{:06}Z", ms % 1000 * 1000),
+                "stageTimestamp": format!("2026-11-26T08:00:0{}.{:06}Z", (ms / 1000) % 2, ms % 1000 * 1000),
+                "annotations": {"authorization.k8s.io/decision": "allow"}
+            })
+        })
+        .collect();
+    serde_json::json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": items}).to_string()
+}
+
+/// Median seconds per iteration over `runs` runs of `iters` iterations.
+fn time<F: FnMut()>(runs: usize, iters: usize, mut f: F) -> f64 {
+    f();
+    let mut samples: Vec<f64> = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            t.elapsed().as_secs_f64() / iters as f64
+        })
+        .collect();
+    samples.sort_by(|a, b| a.total_cmp(b));
+    samples[runs / 2]
+}
+
+struct Row {
+    stage: &'static str,
+    unit: &'static str,
+    items: usize,
+    korvid: f64,
+    baseline: f64,
+}
+
+fn print(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| stage | items/iter | korvid (items/s) | baseline (items/s) | korvid time / baseline time |\n|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} {} | {:.0} | {:.0} | {:.2} |\n",
+            r.stage,
+            r.items,
+            r.unit,
+            r.items as f64 / r.korvid,
+            r.items as f64 / r.baseline,
+            r.korvid / r.baseline
+        ));
+    }
+    out
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut rows = Vec::new();
+    let body = event_list(EVENTS);
+    let sanitizer = Sanitizer::new(b"bench-key-0123456789");
+
+    // ingest.parse
+    let korvid = time(5, 3, || {
+        black_box(parse_body(body.as_bytes(), "bench", &sanitizer).expect("parse"));
+    });
+    let baseline = time(5, 3, || {
+        black_box(serde_json::from_str::<serde_json::Value>(&body).expect("json"));
+    });
+    rows.push(Row { stage: "ingest.parse", unit: "events", items: EVENTS, korvid, baseline });
+
+    let events = parse_body(body.as_bytes(), "bench", &sanitizer).expect("parse").events;
+
+    // codec
+    let decoder = Decoder::<AuditEvent>::new();
+    let korvid = time(5, 3, || {
+        for e in &events {
+            let b = encode(e, Framing::SingleObject).expect("encode");
+            black_box(decoder.decode(&b).expect("decode"));
+        }
+    });
+    let baseline = time(5, 3, || {
+        for e in &events {
+            let b = serde_json::to_vec(e).expect("json");
+            black_box(serde_json::from_slice::<AuditEvent>(&b).expect("json"));
+        }
+    });
+    rows.push(Row { stage: "codec (encode+decode)", unit: "records", items: EVENTS, korvid, baseline });
+
+    // enrich.window
+    let agg = rt.block_on(ActivityAggregator::new()).expect("aggregator");
+    let window = ClosedWindow {
+        key: "bench/ns".into(),
+        cluster: "bench".into(),
+        start: 0,
+        end: 2000,
+        events: events.clone(),
+        offsets: vec![],
+    };
+    let korvid = time(5, 3, || {
+        black_box(rt.block_on(agg.graph_window(&window)).expect("window"));
+    });
+    let baseline = time(5, 3, || {
+        let mut groups: HashMap<(&str, &str, Option<&str>, Option<&str>, Option<&str>), (i64, i64, i64)> =
+            HashMap::new();
+        for e in &events {
+            let g = groups
+                .entry((e.user.as_str(), e.verb.as_str(), e.resource.as_deref(), e.subresource.as_deref(), e.name.as_deref()))
+                .or_insert((0, i64::MAX, i64::MIN));
+            g.0 += 1;
+            g.1 = g.1.min(e.event_time);
+            g.2 = g.2.max(e.event_time);
+        }
+        black_box(groups);
+    });
+    rows.push(Row { stage: "enrich.window", unit: "events", items: EVENTS, korvid, baseline });
+
+    // detect.rules
+    let record = rt.block_on(agg.graph_window(&window)).expect("window");
+    let catalog = korvid_detect::RuleCatalog::load(true, &[], &[]);
+    let rules = catalog.rules.len();
+    let engine = rt.block_on(korvid_detect::RuleEngine::new(catalog)).expect("engine");
+    let korvid = time(5, 5, || {
+        black_box(rt.block_on(engine.evaluate(&record, 0)).expect("evaluate"));
+    });
+    let baseline = time(5, 5, || {
+        use arrow::array::{Array, StringArray};
+        let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(&record.activity), None)
+            .expect("ipc");
+        let mut hits = 0;
+        for batch in reader {
+            let batch = batch.expect("batch");
+            let sub = batch.column_by_name("subresource").expect("col");
+            let sub = sub.as_any().downcast_ref::<StringArray>().expect("str");
+            hits += (0..sub.len()).filter(|i| sub.is_valid(*i) && sub.value(*i) == "exec").count();
+        }
+        black_box(hits);
+    });
+    rows.push(Row { stage: "detect.rules", unit: "windows", items: 1, korvid, baseline });
+    println!("detect.rules ran {rules} rules over a window of {EVENTS} events");
+
+    // notify.dedup
+    let findings: Vec<Finding> = (0..EVENTS)
+        .map(|i| Finding {
+            cluster: "c".into(),
+            event_time: i as i64,
+            id: format!("f{i}"),
+            fingerprint: format!("fp{}", i % 500),
+            window_id: "w".into(),
+            detected_at: 0,
+            detector: Detector::Rule,
+            rule_id: Some("KOR-0001".into()),
+            model_version: None,
+            score: 1.0,
+            title: "t".into(),
+            tactic: Tactic::Execution,
+            techniques: vec![],
+            severity: Severity::High,
+            subject: Subject { kind: "Pod".into(), namespace: None, name: format!("p{}", i % 500), uid: None },
+            evidence: vec![],
+            implication: String::new(),
+            remediation: String::new(),
+            prevention: String::new(),
+            references: vec![],
+        })
+        .collect();
+    let korvid = time(5, 3, || {
+        let mut store = korvid_notify::dedup::DedupStore::default();
+        for f in &findings {
+            let d = store.decide(f, f.event_time, 3_600_000);
+            let s = store.next_state(f, &d, f.event_time);
+            store.commit(s);
+        }
+        black_box(store.len());
+    });
+    let baseline = time(5, 3, || {
+        let mut m: HashMap<&str, i64> = HashMap::new();
+        for f in &findings {
+            *m.entry(f.fingerprint.as_str()).or_default() += 1;
+        }
+        black_box(m.len());
+    });
+    rows.push(Row { stage: "notify.dedup", unit: "findings", items: EVENTS, korvid, baseline });
+
+    // kafka.produce against a real broker, when one is installed.
+    match korvid_common::broker::find_binary(&Default::default()) {
+        Ok(_) => rows.push(rt.block_on(produce_bench(&events))),
+        Err(e) => println!("kafka.produce skipped: {e}"),
+    }
+
+    let table = print(&rows);
+    println!("\n{table}");
+    if let Ok(path) = std::env::var("KORVID_BENCH_OUT") {
+        let _ = std::fs::write(path, table);
+    }
+}
+
+async fn produce_bench(events: &[AuditEvent]) -> Row {
+    use korvid_common::broker::{BrokerSettings, LocalBroker};
+    use korvid_common::kafka::{KafkaContext, KafkaSettings};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let settings = BrokerSettings {
+        listen: format!("127.0.0.1:{port}"),
+        binary: None,
+        storage: "memory".into(),
+    };
+    let broker = LocalBroker::start(&settings, dir.path()).await.expect("broker");
+    let telemetry = korvid_common::Telemetry::new();
+    let kafka = KafkaContext::new(
+        KafkaSettings { topic_prefix: "bench".into(), ..Default::default() },
+        broker.bootstrap.clone(),
+        &telemetry,
+    );
+    kafka.wait_for_broker(Duration::from_secs(20)).await.expect("broker up");
+    kafka.ensure_topics().await.expect("topics");
+    let producer = kafka.producer().expect("producer");
+    let topic = kafka.topics.audit.clone();
+    let n = events.len() * 4;
+    let mut korvid = Vec::new();
+    let mut baseline = Vec::new();
+    let raw: FutureProducer = kafka
+        .client_config()
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .create()
+        .expect("raw producer");
+    let payloads: Vec<(String, Vec<u8>)> = events
+        .iter()
+        .map(|e| (korvid_ingest::audit::partition_key(e), encode(e, Framing::SingleObject).expect("encode")))
+        .collect();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let sends = events.iter().cycle().take(n).map(|e| {
+            let key = korvid_ingest::audit::partition_key(e);
+            let p = producer.clone();
+            let topic = topic.clone();
+            let e = e.clone();
+            async move { p.send(&topic, &key, &e).await }
+        });
+        for r in futures::future::join_all(sends).await {
+            r.expect("produce");
+        }
+        korvid.push(t.elapsed().as_secs_f64());
+
+        let t = Instant::now();
+        let sends = payloads.iter().cycle().take(n).map(|(k, v)| {
+            raw.send(FutureRecord::to(&topic).key(k).payload(v), Duration::from_secs(30))
+        });
+        for r in futures::future::join_all(sends).await {
+            r.expect("raw produce");
+        }
+        baseline.push(t.elapsed().as_secs_f64());
+    }
+    korvid.sort_by(|a, b| a.total_cmp(b));
+    baseline.sort_by(|a, b| a.total_cmp(b));
+    broker.stop(Duration::from_secs(2)).await;
+    Row { stage: "kafka.produce (tansu, memory)", unit: "records", items: n, korvid: korvid[1], baseline: baseline[1] }
+}
