@@ -49,7 +49,8 @@ fn event_list(n: usize) -> String {
             })
         })
         .collect();
-    serde_json::json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": items}).to_string()
+    serde_json::json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": items})
+        .to_string()
 }
 
 /// Median seconds per iteration over `runs` runs of `iters` iterations.
@@ -111,9 +112,17 @@ fn main() {
     let baseline = time(5, 3, || {
         black_box(serde_json::from_str::<serde_json::Value>(&body).expect("json"));
     });
-    rows.push(Row { stage: "ingest.parse", unit: "events", items: EVENTS, korvid, baseline });
+    rows.push(Row {
+        stage: "ingest.parse",
+        unit: "events",
+        items: EVENTS,
+        korvid,
+        baseline,
+    });
 
-    let events = parse_body(body.as_bytes(), "bench", &sanitizer).expect("parse").events;
+    let events = parse_body(body.as_bytes(), "bench", &sanitizer)
+        .expect("parse")
+        .events;
 
     // codec
     let decoder = Decoder::<AuditEvent>::new();
@@ -129,7 +138,13 @@ fn main() {
             black_box(serde_json::from_slice::<AuditEvent>(&b).expect("json"));
         }
     });
-    rows.push(Row { stage: "codec (encode+decode)", unit: "records", items: EVENTS, korvid, baseline });
+    rows.push(Row {
+        stage: "codec (encode+decode)",
+        unit: "records",
+        items: EVENTS,
+        korvid,
+        baseline,
+    });
 
     // enrich.window
     let agg = rt.block_on(ActivityAggregator::new()).expect("aggregator");
@@ -145,11 +160,19 @@ fn main() {
         black_box(rt.block_on(agg.graph_window(&window)).expect("window"));
     });
     let baseline = time(5, 3, || {
-        let mut groups: HashMap<(&str, &str, Option<&str>, Option<&str>, Option<&str>), (i64, i64, i64)> =
-            HashMap::new();
+        let mut groups: HashMap<
+            (&str, &str, Option<&str>, Option<&str>, Option<&str>),
+            (i64, i64, i64),
+        > = HashMap::new();
         for e in &events {
             let g = groups
-                .entry((e.user.as_str(), e.verb.as_str(), e.resource.as_deref(), e.subresource.as_deref(), e.name.as_deref()))
+                .entry((
+                    e.user.as_str(),
+                    e.verb.as_str(),
+                    e.resource.as_deref(),
+                    e.subresource.as_deref(),
+                    e.name.as_deref(),
+                ))
                 .or_insert((0, i64::MAX, i64::MIN));
             g.0 += 1;
             g.1 = g.1.min(e.event_time);
@@ -157,30 +180,47 @@ fn main() {
         }
         black_box(groups);
     });
-    rows.push(Row { stage: "enrich.window", unit: "events", items: EVENTS, korvid, baseline });
+    rows.push(Row {
+        stage: "enrich.window",
+        unit: "events",
+        items: EVENTS,
+        korvid,
+        baseline,
+    });
 
     // detect.rules
     let record = rt.block_on(agg.graph_window(&window)).expect("window");
     let catalog = korvid_detect::RuleCatalog::load(true, &[], &[]);
     let rules = catalog.rules.len();
-    let engine = rt.block_on(korvid_detect::RuleEngine::new(catalog)).expect("engine");
+    let engine = rt
+        .block_on(korvid_detect::RuleEngine::new(catalog))
+        .expect("engine");
     let korvid = time(5, 5, || {
         black_box(rt.block_on(engine.evaluate(&record, 0)).expect("evaluate"));
     });
     let baseline = time(5, 5, || {
         use arrow::array::{Array, StringArray};
-        let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(&record.activity), None)
-            .expect("ipc");
+        let reader =
+            arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(&record.activity), None)
+                .expect("ipc");
         let mut hits = 0;
         for batch in reader {
             let batch = batch.expect("batch");
             let sub = batch.column_by_name("subresource").expect("col");
             let sub = sub.as_any().downcast_ref::<StringArray>().expect("str");
-            hits += (0..sub.len()).filter(|i| sub.is_valid(*i) && sub.value(*i) == "exec").count();
+            hits += (0..sub.len())
+                .filter(|i| sub.is_valid(*i) && sub.value(*i) == "exec")
+                .count();
         }
         black_box(hits);
     });
-    rows.push(Row { stage: "detect.rules", unit: "windows", items: 1, korvid, baseline });
+    rows.push(Row {
+        stage: "detect.rules",
+        unit: "windows",
+        items: 1,
+        korvid,
+        baseline,
+    });
     println!("detect.rules ran {rules} rules over a window of {EVENTS} events");
 
     // notify.dedup
@@ -200,7 +240,12 @@ fn main() {
             tactic: Tactic::Execution,
             techniques: vec![],
             severity: Severity::High,
-            subject: Subject { kind: "Pod".into(), namespace: None, name: format!("p{}", i % 500), uid: None },
+            subject: Subject {
+                kind: "Pod".into(),
+                namespace: None,
+                name: format!("p{}", i % 500),
+                uid: None,
+            },
             evidence: vec![],
             implication: String::new(),
             remediation: String::new(),
@@ -224,7 +269,13 @@ fn main() {
         }
         black_box(m.len());
     });
-    rows.push(Row { stage: "notify.dedup", unit: "findings", items: EVENTS, korvid, baseline });
+    rows.push(Row {
+        stage: "notify.dedup",
+        unit: "findings",
+        items: EVENTS,
+        korvid,
+        baseline,
+    });
 
     // kafka.produce against a real broker, when one is installed.
     match korvid_common::broker::find_binary(&Default::default()) {
@@ -253,14 +304,22 @@ async fn produce_bench(events: &[AuditEvent]) -> Row {
         binary: None,
         storage: "memory".into(),
     };
-    let broker = LocalBroker::start(&settings, dir.path()).await.expect("broker");
+    let broker = LocalBroker::start(&settings, dir.path())
+        .await
+        .expect("broker");
     let telemetry = korvid_common::Telemetry::new();
     let kafka = KafkaContext::new(
-        KafkaSettings { topic_prefix: "bench".into(), ..Default::default() },
+        KafkaSettings {
+            topic_prefix: "bench".into(),
+            ..Default::default()
+        },
         broker.bootstrap.clone(),
         &telemetry,
     );
-    kafka.wait_for_broker(Duration::from_secs(20)).await.expect("broker up");
+    kafka
+        .wait_for_broker(Duration::from_secs(20))
+        .await
+        .expect("broker up");
     kafka.ensure_topics().await.expect("topics");
     let producer = kafka.producer().expect("producer");
     let topic = kafka.topics.audit.clone();
@@ -277,7 +336,12 @@ async fn produce_bench(events: &[AuditEvent]) -> Row {
         .expect("raw producer");
     let payloads: Vec<(String, Vec<u8>)> = events
         .iter()
-        .map(|e| (korvid_ingest::audit::partition_key(e), encode(e, Framing::SingleObject).expect("encode")))
+        .map(|e| {
+            (
+                korvid_ingest::audit::partition_key(e),
+                encode(e, Framing::SingleObject).expect("encode"),
+            )
+        })
         .collect();
     for _ in 0..3 {
         let t = Instant::now();
@@ -295,7 +359,10 @@ async fn produce_bench(events: &[AuditEvent]) -> Row {
 
         let t = Instant::now();
         let sends = payloads.iter().cycle().take(n).map(|(k, v)| {
-            raw.send(FutureRecord::to(&topic).key(k).payload(v), Duration::from_secs(30))
+            raw.send(
+                FutureRecord::to(&topic).key(k).payload(v),
+                Duration::from_secs(30),
+            )
         });
         for r in futures::future::join_all(sends).await {
             r.expect("raw produce");
@@ -305,5 +372,11 @@ async fn produce_bench(events: &[AuditEvent]) -> Row {
     korvid.sort_by(|a, b| a.total_cmp(b));
     baseline.sort_by(|a, b| a.total_cmp(b));
     broker.stop(Duration::from_secs(2)).await;
-    Row { stage: "kafka.produce (tansu, memory)", unit: "records", items: n, korvid: korvid[1], baseline: baseline[1] }
+    Row {
+        stage: "kafka.produce (tansu, memory)",
+        unit: "records",
+        items: n,
+        korvid: korvid[1],
+        baseline: baseline[1],
+    }
 }

@@ -221,6 +221,77 @@ async fn sigterm_drains_and_a_restart_does_not_renotify() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stage_dead_letters_what_it_cannot_read_and_keeps_going() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let receiver = Receiver::start().await;
+    let cfg = KorvidConfig::new(dir.path(), &receiver.url);
+    let korvid = Korvid::start(&cfg).await;
+    let garbage: &[(&str, &str, &[u8])] = &[
+        (
+            "korvid.k8s.audit.v1",
+            "enrich.windows",
+            b"\xc3\x01not an audit event",
+        ),
+        (
+            "korvid.graph.windows.v1",
+            "detect.rules",
+            b"{\"json\": \"is not avro\"}",
+        ),
+        (
+            "korvid.findings.v1",
+            "notify",
+            b"\x00\x00\x00\x00\x07garbage",
+        ),
+    ];
+    for (topic, _, bytes) in garbage {
+        produce_raw(&cfg.bootstrap(), topic, "e2e/garbage", bytes).await;
+    }
+    let decoder = Decoder::<DeadLetter>::new();
+    let deadline = Instant::now() + ALERT_WAIT;
+    let letters = loop {
+        let letters: Vec<DeadLetter> = read_topic(&cfg.bootstrap(), "korvid.deadletter.v1")
+            .iter()
+            .filter_map(|v| decoder.decode(v).ok())
+            .collect();
+        if letters.len() >= garbage.len() || Instant::now() > deadline {
+            break letters;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for (topic, stage, bytes) in garbage {
+        let dl = letters
+            .iter()
+            .find(|d| d.stage == *stage)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{stage} did not dead-letter: {letters:?}\n{}",
+                    korvid.log_text()
+                )
+            });
+        assert_eq!(dl.source_topic.as_deref(), Some(*topic));
+        assert!(dl.source_offset.is_some());
+        assert_eq!(dl.payload, *bytes);
+        assert!(!dl.error.is_empty());
+    }
+
+    // Still alive: a good batch still alerts.
+    let good = exec_batch("e2e-exec-4", "after", "garbage-0", "oscar", now_ms());
+    let resp = http()
+        .post(cfg.webhook_url())
+        .body(good)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        receiver.wait_for(1, ALERT_WAIT).await.len(),
+        1,
+        "{}",
+        korvid.log_text()
+    );
+}
+
 #[test]
 fn an_invalid_setting_fails_fast_and_names_the_key() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_korvid"))

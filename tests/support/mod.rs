@@ -88,7 +88,15 @@ name = "receiver"
 url = "{url}"
 hmac_secret = "{secret}"
 max_attempts = 3
+
+# A receiver that is down: its deliveries must be dead-lettered without delaying the others.
+[[notify.webhooks]]
+name = "down"
+url = "http://127.0.0.1:{down}/alerts"
+max_attempts = 2
+timeout_ms = 500
 "#,
+            down = free_port(),
             dir = self.dir.display(),
             broker = self.broker_port,
             telemetry = self.telemetry_port,
@@ -373,6 +381,23 @@ pub async fn wait_metric(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Produces raw bytes to `topic` and waits for the acknowledgement.
+pub async fn produce_raw(bootstrap: &str, topic: &str, key: &str, value: &[u8]) {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("producer");
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(value),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("produce");
 }
 
 /// Every value currently in `topic`, read from the beginning.
