@@ -16,7 +16,12 @@ use crate::settings::KorvidSettings;
 /// korvid ingests API-server audit events, windows them into graph windows of the cluster,
 /// runs detection rules over every window and sends deduplicated, explained alerts.
 #[derive(Parser)]
-#[command(name = "korvid", version, about, long_about = None)]
+#[command(
+    name = "korvid",
+    version,
+    about,
+    after_help = "Examples:\n  korvid up                                         all services on the embedded broker\n  KORVID__KAFKA__BOOTSTRAP_SERVERS=kafka:9092 korvid detect\n  korvid --config deploy/korvid.example.toml up\n\nEvery setting is documented in deploy/korvid.example.toml."
+)]
 struct Cli {
     /// Configuration file (TOML or YAML). Default: ./korvid.toml when it exists. Every setting
     /// can also be given as KORVID__SECTION__KEY, e.g. KORVID__KAFKA__BOOTSTRAP_SERVERS.
@@ -44,6 +49,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    korvid_common::install_tls_provider();
     let file = cli.config.clone().or_else(|| {
         let default = PathBuf::from("korvid.toml");
         default.exists().then_some(default)
@@ -63,6 +69,15 @@ fn main() -> ExitCode {
         Command::Detect => "detect",
         Command::Notify => "notify",
     };
+    // Outside the runtime: the trace exporter's blocking HTTP client must be built and dropped
+    // in synchronous context.
+    let guard = match korvid_common::telemetry::init_logging(&settings.telemetry, service) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("korvid: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("korvid")
@@ -74,11 +89,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        let _guard = korvid_common::telemetry::init_logging(&settings.telemetry, service)?;
-        up::run(service, settings).await
-    });
+    let result = runtime.block_on(up::run(service, settings));
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    drop(guard);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

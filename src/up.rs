@@ -14,6 +14,12 @@ const DRAIN: Duration = Duration::from_secs(6);
 
 /// Runs `service` (`up`, `ingest`, `enrich`, `detect`, `notify`) until shutdown.
 pub async fn run(service: &str, settings: KorvidSettings) -> anyhow::Result<()> {
+    if service != "up" && settings.kafka.bootstrap_servers.is_none() {
+        bail!(
+            "kafka.bootstrap_servers (env KORVID__KAFKA__BOOTSTRAP_SERVERS) is required for \
+             `korvid {service}`; only `korvid up` starts the embedded broker"
+        );
+    }
     let shutdown = Shutdown::new();
     shutdown.listen_for_signals();
     let telemetry = Telemetry::new();
@@ -47,10 +53,7 @@ pub async fn run(service: &str, settings: KorvidSettings) -> anyhow::Result<()> 
             broker = Some(b);
             addr
         }
-        (None, other) => bail!(
-            "kafka.bootstrap_servers (env KORVID__KAFKA__BOOTSTRAP_SERVERS) is required for \
-             `korvid {other}`; only `korvid up` starts the embedded broker"
-        ),
+        (None, other) => bail!("no Kafka for `korvid {other}`"),
     };
 
     let kafka = KafkaContext::new(settings.kafka.clone(), bootstrap, &telemetry);

@@ -16,6 +16,13 @@ pub use settings::{SettingsError, Validate};
 pub use shutdown::Shutdown;
 pub use telemetry::Telemetry;
 
+/// Installs rustls' ring crypto provider for every HTTPS client in the process (reqwest is built
+/// without a default one). Idempotent; call before building any HTTP client.
+pub fn install_tls_provider() {
+    // Err means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Milliseconds since the Unix epoch, from the system clock.
 pub fn now_millis() -> i64 {
     std::time::SystemTime::now()

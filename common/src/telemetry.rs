@@ -100,6 +100,7 @@ pub fn init_logging(
     let (otel_layer, provider) = match &settings.otlp_endpoint {
         Some(endpoint) => {
             use opentelemetry_otlp::WithExportConfig as _;
+            crate::install_tls_provider();
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_endpoint(endpoint)

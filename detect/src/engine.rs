@@ -105,6 +105,7 @@ impl RuleEngine {
     }
 
     /// Runs every rule over one window.
+    #[tracing::instrument(name = "detect.evaluate", skip_all, fields(window = %window.window_id, events = window.event_count))]
     pub async fn evaluate(
         &self,
         window: &GraphWindow,

@@ -208,6 +208,7 @@ impl Enricher {
         }
     }
 
+    #[tracing::instrument(name = "enrich.publish", skip_all, fields(windows = closed.len()))]
     async fn publish(&mut self, closed: Vec<ClosedWindow>) {
         for w in closed {
             let record = match self.aggregator.graph_window(&w).await {

@@ -173,6 +173,7 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+#[tracing::instrument(name = "ingest.audit_batch", skip_all, fields(bytes = body.len()))]
 async fn receive(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
     let Ok(_permit) = s.permits.clone().try_acquire_owned() else {
         count(&s, "throttled");

@@ -172,6 +172,7 @@ pub async fn run(settings: NotifySettings, ctx: ServiceContext) -> Result<(), No
 }
 
 #[allow(clippy::too_many_arguments)]
+#[tracing::instrument(name = "notify.finding", skip_all, fields(fingerprint = %f.fingerprint))]
 async fn handle(
     f: &Finding,
     settings: &NotifySettings,

@@ -104,8 +104,7 @@ pub struct WebhookSink {
 impl WebhookSink {
     /// A sink for one configured receiver.
     pub fn new(settings: WebhookSinkSettings) -> Result<Self, SinkError> {
-        // reqwest is built without a default TLS provider; ring is ours (Err = already set).
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        korvid_common::install_tls_provider();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(settings.timeout_ms))
             .user_agent(concat!("korvid/", env!("CARGO_PKG_VERSION")))

@@ -71,6 +71,7 @@ partitions = 2
 
 [telemetry]
 listen = "127.0.0.1:{telemetry}"
+otlp_endpoint = "{traces}"
 
 [ingest]
 cluster = "e2e"
@@ -102,6 +103,7 @@ timeout_ms = 500
             telemetry = self.telemetry_port,
             webhook = self.webhook_port,
             url = self.receiver_url,
+            traces = self.receiver_url.replace("/alerts", "/v1/traces"),
             secret = HMAC_SECRET,
         );
         std::fs::write(self.config_path(), toml).expect("write korvid.toml");
@@ -237,15 +239,29 @@ pub struct Delivery {
 #[derive(Clone)]
 pub struct Receiver {
     pub url: String,
+    /// Where OTLP/HTTP trace exports go (counted, not decoded).
+    pub traces_url: String,
     deliveries: Arc<Mutex<Vec<Delivery>>>,
+    traces: Arc<Mutex<usize>>,
 }
 
 impl Receiver {
     pub async fn start() -> Receiver {
         let deliveries: Arc<Mutex<Vec<Delivery>>> = Arc::default();
+        let traces: Arc<Mutex<usize>> = Arc::default();
+        let counter = traces.clone();
         let app = Router::new()
             .route("/alerts", post(receive))
-            .with_state(deliveries.clone());
+            .with_state(deliveries.clone())
+            .route(
+                "/v1/traces",
+                post(move |body: Bytes| async move {
+                    if !body.is_empty() {
+                        *counter.lock().expect("lock") += 1;
+                    }
+                    ""
+                }),
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind receiver");
@@ -253,8 +269,15 @@ impl Receiver {
         tokio::spawn(async move { axum::serve(listener, app).await });
         Receiver {
             url: format!("http://{addr}/alerts"),
+            traces_url: format!("http://{addr}/v1/traces"),
             deliveries,
+            traces,
         }
+    }
+
+    /// OTLP trace exports received so far.
+    pub fn trace_exports(&self) -> usize {
+        *self.traces.lock().expect("lock")
     }
 
     pub fn deliveries(&self) -> Vec<Delivery> {
