@@ -24,6 +24,15 @@ use korvid_schemas::*;
 
 const EVENTS: usize = 5_000;
 
+/// (user, verb, resource, subresource, name): the baseline's group-by key.
+type GroupKey<'a> = (
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+);
+
 fn event_list(n: usize) -> String {
     let base = 1_795_680_000_000i64;
     let items: Vec<serde_json::Value> = (0..n)
@@ -160,10 +169,7 @@ fn main() {
         black_box(rt.block_on(agg.graph_window(&window)).expect("window"));
     });
     let baseline = time(5, 3, || {
-        let mut groups: HashMap<
-            (&str, &str, Option<&str>, Option<&str>, Option<&str>),
-            (i64, i64, i64),
-        > = HashMap::new();
+        let mut groups: HashMap<GroupKey<'_>, (i64, i64, i64)> = HashMap::new();
         for e in &events {
             let g = groups
                 .entry((
