@@ -9,6 +9,10 @@ use korvid_common::{ServiceContext, Shutdown, Telemetry};
 
 use crate::settings::KorvidSettings;
 
+/// A running service; its error is reported as text (each service has its own error type).
+type ServiceFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
 /// How long services get to drain after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(6);
 
@@ -75,7 +79,7 @@ pub async fn run(service: &str, settings: KorvidSettings) -> anyhow::Result<()> 
     };
 
     let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let launch = |name: &'static str, fut: futures_like::BoxFuture| {
+    let launch = |name: &'static str, fut: ServiceFuture| {
         let shutdown = shutdown.clone();
         let failed = failed.clone();
         shutdown.clone().spawn(async move {
@@ -132,10 +136,4 @@ async fn err_str<E: std::fmt::Display>(
     fut: impl std::future::Future<Output = Result<(), E>>,
 ) -> Result<(), String> {
     fut.await.map_err(|e| e.to_string())
-}
-
-mod futures_like {
-    /// A boxed service future.
-    pub type BoxFuture =
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
 }

@@ -212,6 +212,17 @@ pub enum KafkaClientError {
     /// The Schema Registry failed.
     #[error(transparent)]
     Registry(#[from] korvid_schemas::registry::RegistryError),
+    /// Reading a topic to its end did not finish in time.
+    #[error("reading {topic} to its end took longer than {waited:?}")]
+    ReadTimeout {
+        /// Topic.
+        topic: String,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// A blocking helper task died.
+    #[error("kafka helper task failed: {0}")]
+    Task(String),
     /// The broker did not answer in time.
     #[error("no Kafka broker answered at {bootstrap} within {waited:?}: {last_error}")]
     Unreachable {
@@ -492,10 +503,9 @@ impl KafkaContext {
             let deadline = std::time::Instant::now() + Duration::from_secs(120);
             while !remaining.is_empty() {
                 if std::time::Instant::now() > deadline {
-                    return Err(KafkaClientError::Unreachable {
-                        bootstrap: topic.clone(),
+                    return Err(KafkaClientError::ReadTimeout {
+                        topic: topic.clone(),
                         waited: Duration::from_secs(120),
-                        last_error: "reading the topic to its end took too long".into(),
                     });
                 }
                 let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
@@ -515,11 +525,7 @@ impl KafkaContext {
             Ok(out)
         })
         .await
-        .map_err(|e| KafkaClientError::Unreachable {
-            bootstrap: String::new(),
-            waited: Duration::ZERO,
-            last_error: format!("reader task failed: {e}"),
-        })?
+        .map_err(|e| KafkaClientError::Task(e.to_string()))?
     }
 
     /// A dead-letter producer for `stage`.
@@ -819,6 +825,8 @@ impl KafkaClientError {
             KafkaClientError::Codec(c) => c.kind(),
             KafkaClientError::Registry(_) => "schema_registry",
             KafkaClientError::Unreachable { .. } => "unreachable",
+            KafkaClientError::ReadTimeout { .. } => "read_timeout",
+            KafkaClientError::Task(_) => "task",
         }
     }
 

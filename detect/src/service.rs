@@ -20,6 +20,9 @@ const STAGE: &str = "detect.rules";
 /// Why detect stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
+    /// Output or a dead letter was not acknowledged; the input stays uncommitted for a retry.
+    #[error("stopped without committing: {0}")]
+    Unacknowledged(String),
     /// Kafka clients could not be created.
     #[error(transparent)]
     Kafka(#[from] KafkaClientError),
@@ -88,6 +91,7 @@ pub async fn run(settings: DetectSettings, ctx: ServiceContext) -> Result<(), De
     );
     ctx.telemetry.set_ready(COMPONENT, true);
 
+    let mut failure = None;
     loop {
         let msg = tokio::select! {
             biased;
@@ -133,7 +137,7 @@ pub async fn run(settings: DetectSettings, ctx: ServiceContext) -> Result<(), De
                         // another instance) re-evaluates the window. Finding ids are
                         // deterministic, so the retry is harmless.
                         tracing::error!(error = %e, "findings not acknowledged; stopping without committing this window");
-                        ctx.shutdown.trigger();
+                        failure = Some(e.to_string());
                         break;
                     }
                     for f in &eval.findings {
@@ -149,7 +153,7 @@ pub async fn run(settings: DetectSettings, ctx: ServiceContext) -> Result<(), De
                 Err((why, kind)) => {
                     if let Err(e) = dead_letters.send(STAGE, kind, &why, &bytes, source).await {
                         tracing::error!(error = %e, "dead letter not written; stopping without committing");
-                        ctx.shutdown.trigger();
+                        failure = Some(e.to_string());
                         break;
                     }
                 }
@@ -164,6 +168,9 @@ pub async fn run(settings: DetectSettings, ctx: ServiceContext) -> Result<(), De
     }
     let _ = producer.flush(Duration::from_secs(5));
     consumer.close();
+    if let Some(why) = failure {
+        return Err(DetectError::Unacknowledged(why));
+    }
     tracing::info!("detect stopped");
     Ok(())
 }

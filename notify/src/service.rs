@@ -22,6 +22,9 @@ const STAGE: &str = "notify";
 /// Why notify stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
+    /// State, an alert or a dead letter was not acknowledged; the finding stays uncommitted.
+    #[error("stopped without committing: {0}")]
+    Unacknowledged(String),
     /// Kafka clients could not be created or the state could not be read.
     #[error(transparent)]
     Kafka(#[from] KafkaClientError),
@@ -110,6 +113,7 @@ pub async fn run(settings: NotifySettings, ctx: ServiceContext) -> Result<(), No
     );
     ctx.telemetry.set_ready(COMPONENT, true);
 
+    let mut failure = None;
     loop {
         let msg = tokio::select! {
             biased;
@@ -154,7 +158,7 @@ pub async fn run(settings: NotifySettings, ctx: ServiceContext) -> Result<(), No
                 // State or dead letter not acknowledged: keep the offset so the finding is
                 // handled again after a restart (dedup makes that harmless).
                 tracing::error!(error = %e, "finding not fully handled; stopping without committing it");
-                ctx.shutdown.trigger();
+                failure = Some(e.to_string());
                 break;
             }
         }
@@ -167,6 +171,9 @@ pub async fn run(settings: NotifySettings, ctx: ServiceContext) -> Result<(), No
     }
     let _ = producer.flush(Duration::from_secs(5));
     consumer.close();
+    if let Some(why) = failure {
+        return Err(NotifyError::Unacknowledged(why));
+    }
     tracing::info!("notify stopped");
     Ok(())
 }
