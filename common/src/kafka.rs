@@ -632,18 +632,6 @@ pub struct DeadLetterSource {
     pub offset: Option<i64>,
 }
 
-impl DeadLetterSource {
-    /// The source of a consumed message.
-    pub fn of(msg: &BorrowedMessage<'_>) -> Self {
-        DeadLetterSource {
-            cluster: None,
-            topic: Some(msg.topic().to_string()),
-            partition: Some(msg.partition()),
-            offset: Some(msg.offset()),
-        }
-    }
-}
-
 /// Sends rejected input to the dead-letter topic, counted by stage and error kind.
 #[derive(Clone)]
 pub struct DeadLetters {
@@ -738,6 +726,31 @@ impl ConsumerContext for RebalanceContext {
     }
 }
 
+/// A consumed message copied out of the consumer, so processing can await freely.
+#[derive(Debug, Clone)]
+pub struct Consumed {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Value (`None` for a tombstone).
+    pub payload: Option<Vec<u8>>,
+}
+
+impl Consumed {
+    /// Where this message came from, for a dead letter.
+    pub fn source(&self) -> DeadLetterSource {
+        DeadLetterSource {
+            cluster: None,
+            topic: Some(self.topic.clone()),
+            partition: Some(self.partition),
+            offset: Some(self.offset),
+        }
+    }
+}
+
 /// A consumer whose offsets move only when the service says its outputs are safe.
 pub struct AtLeastOnceConsumer {
     consumer: StreamConsumer<RebalanceContext>,
@@ -748,6 +761,47 @@ impl AtLeastOnceConsumer {
     /// Receives the next message.
     pub async fn recv(&self) -> Result<BorrowedMessage<'_>, KafkaClientError> {
         self.consumer.recv().await.map_err(kafka("consume"))
+    }
+
+    /// The next message, or `None` once shutdown has begun. Consume errors (a broker away for a
+    /// moment) are logged and retried.
+    pub async fn next(&self, shutdown: &crate::Shutdown) -> Option<Consumed> {
+        loop {
+            let msg = tokio::select! {
+                biased;
+                _ = shutdown.triggered() => return None,
+                m = self.consumer.recv() => m,
+            };
+            match msg {
+                Ok(m) => {
+                    return Some(Consumed {
+                        topic: m.topic().to_string(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        payload: m.payload().map(<[u8]>::to_vec),
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "consume failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// Marks a consumed message (and everything before it in its partition) as fully processed.
+    pub fn done(&self, msg: &Consumed) {
+        if let Err(e) = self.store(&msg.topic, msg.partition, msg.offset) {
+            tracing::warn!(error = %e, "storing an offset failed");
+        }
+    }
+
+    /// Shutdown: commits what was stored and leaves the group.
+    pub fn finish(self) {
+        if let Err(e) = self.commit_now() {
+            tracing::warn!(error = %e, "final commit failed; the next start re-reads from the last commit");
+        }
+        self.close();
     }
 
     /// Marks `offset` of `topic`/`partition` (and everything before it) as fully processed.

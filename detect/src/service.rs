@@ -4,11 +4,10 @@
 use std::time::Duration;
 
 use korvid_common::ServiceContext;
-use korvid_common::kafka::{DeadLetterSource, KafkaClientError};
+use korvid_common::kafka::KafkaClientError;
 use korvid_schemas::GraphWindow;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use rdkafka::message::Message;
 
 use crate::engine::RuleEngine;
 use crate::rules::RuleCatalog;
@@ -92,27 +91,10 @@ pub async fn run(settings: DetectSettings, ctx: ServiceContext) -> Result<(), De
     ctx.telemetry.set_ready(COMPONENT, true);
 
     let mut failure = None;
-    loop {
-        let msg = tokio::select! {
-            biased;
-            _ = ctx.shutdown.triggered() => break,
-            m = consumer.recv() => m,
-        };
-        let m = match msg {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "consume failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        let (topic, partition, offset) = (m.topic().to_string(), m.partition(), m.offset());
-        let source = DeadLetterSource::of(&m);
-        let payload = m.payload().map(<[u8]>::to_vec);
-        drop(m);
+    while let Some(msg) = consumer.next(&ctx.shutdown).await {
         windows.inc();
-        if let Some(bytes) = payload {
-            let evaluated = match decoder.decode(&bytes).await {
+        if let Some(bytes) = &msg.payload {
+            let evaluated = match decoder.decode(bytes).await {
                 Ok(window) => engine
                     .evaluate(&window, korvid_common::now_millis())
                     .await
@@ -151,7 +133,10 @@ pub async fn run(settings: DetectSettings, ctx: ServiceContext) -> Result<(), De
                     }
                 }
                 Err((why, kind)) => {
-                    if let Err(e) = dead_letters.send(STAGE, kind, &why, &bytes, source).await {
+                    if let Err(e) = dead_letters
+                        .send(STAGE, kind, &why, bytes, msg.source())
+                        .await
+                    {
                         tracing::error!(error = %e, "dead letter not written; stopping without committing");
                         failure = Some(e.to_string());
                         break;
@@ -159,15 +144,10 @@ pub async fn run(settings: DetectSettings, ctx: ServiceContext) -> Result<(), De
                 }
             }
         }
-        if let Err(e) = consumer.store(&topic, partition, offset) {
-            tracing::warn!(error = %e, "storing an offset failed");
-        }
-    }
-    if let Err(e) = consumer.commit_now() {
-        tracing::warn!(error = %e, "final commit failed; the next start re-reads from the last commit");
+        consumer.done(&msg);
     }
     let _ = producer.flush(Duration::from_secs(5));
-    consumer.close();
+    consumer.finish();
     if let Some(why) = failure {
         return Err(DetectError::Unacknowledged(why));
     }

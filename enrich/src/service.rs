@@ -5,13 +5,12 @@ use std::time::{Duration, Instant};
 
 use korvid_common::ServiceContext;
 use korvid_common::kafka::{
-    AtLeastOnceConsumer, DeadLetterSource, DeadLetters, KafkaClientError, RecordDecoder,
+    AtLeastOnceConsumer, Consumed, DeadLetterSource, DeadLetters, KafkaClientError, RecordDecoder,
     RecordProducer,
 };
 use korvid_schemas::AuditEvent;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use rdkafka::message::Message;
 
 use crate::settings::EnrichSettings;
 use crate::tables::{ActivityAggregator, TableError};
@@ -107,24 +106,13 @@ pub async fn run(settings: EnrichSettings, ctx: ServiceContext) -> Result<(), En
     loop {
         tokio::select! {
             biased;
-            _ = ctx.shutdown.triggered() => break,
             _ = tick.tick() => {
                 let due = e.windows.due(Instant::now());
                 e.publish(due).await;
             }
-            msg = e.consumer.recv() => match msg {
-                Ok(m) => {
-                    let tp: TopicPartition = (m.topic().to_string(), m.partition());
-                    let offset = m.offset();
-                    let payload = m.payload().map(<[u8]>::to_vec);
-                    let source = DeadLetterSource::of(&m);
-                    drop(m);
-                    e.handle(tp, offset, payload, source).await;
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "consume failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
+            msg = e.consumer.next(&ctx.shutdown) => match msg {
+                Some(m) => e.handle(m).await,
+                None => break,
             }
         }
         let lost = e.consumer.take_revoked();
@@ -136,25 +124,19 @@ pub async fn run(settings: EnrichSettings, ctx: ServiceContext) -> Result<(), En
     let open = e.windows.flush_all();
     e.publish(open).await;
     e.store_offsets();
-    if let Err(err) = e.consumer.commit_now() {
-        tracing::warn!(error = %err, "final commit failed; the next start re-reads from the last commit");
-    }
     let _ = e.producer.flush(Duration::from_secs(5));
-    e.consumer.close();
+    e.consumer.finish();
     tracing::info!("enrich stopped");
     Ok(())
 }
 
 impl Enricher {
-    async fn handle(
-        &mut self,
-        tp: TopicPartition,
-        offset: i64,
-        payload: Option<Vec<u8>>,
-        source: DeadLetterSource,
-    ) {
+    async fn handle(&mut self, msg: Consumed) {
         self.metrics.events.inc();
-        let Some(bytes) = payload else {
+        let tp: TopicPartition = (msg.topic.clone(), msg.partition);
+        let offset = msg.offset;
+        let source = msg.source();
+        let Some(bytes) = msg.payload else {
             self.windows.mark_done(&tp, offset);
             return;
         };

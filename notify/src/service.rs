@@ -10,7 +10,6 @@ use korvid_schemas::codec::Decoder;
 use korvid_schemas::{Alert, AlertStatus, DedupState, Finding};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use rdkafka::message::Message;
 
 use crate::dedup::{Decision, DedupStore};
 use crate::settings::NotifySettings;
@@ -114,26 +113,9 @@ pub async fn run(settings: NotifySettings, ctx: ServiceContext) -> Result<(), No
     ctx.telemetry.set_ready(COMPONENT, true);
 
     let mut failure = None;
-    loop {
-        let msg = tokio::select! {
-            biased;
-            _ = ctx.shutdown.triggered() => break,
-            m = consumer.recv() => m,
-        };
-        let m = match msg {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "consume failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        let (topic, partition, offset) = (m.topic().to_string(), m.partition(), m.offset());
-        let source = DeadLetterSource::of(&m);
-        let payload = m.payload().map(<[u8]>::to_vec);
-        drop(m);
-        if let Some(bytes) = payload {
-            let handled = match decoder.decode(&bytes).await {
+    while let Some(msg) = consumer.next(&ctx.shutdown).await {
+        if let Some(bytes) = &msg.payload {
+            let handled = match decoder.decode(bytes).await {
                 Ok(f) => {
                     handle(
                         &f,
@@ -150,7 +132,7 @@ pub async fn run(settings: NotifySettings, ctx: ServiceContext) -> Result<(), No
                 }
                 Err(e) => {
                     dead_letters
-                        .send(STAGE, e.kind(), &e.to_string(), &bytes, source)
+                        .send(STAGE, e.kind(), &e.to_string(), bytes, msg.source())
                         .await
                 }
             };
@@ -162,15 +144,10 @@ pub async fn run(settings: NotifySettings, ctx: ServiceContext) -> Result<(), No
                 break;
             }
         }
-        if let Err(e) = consumer.store(&topic, partition, offset) {
-            tracing::warn!(error = %e, "storing an offset failed");
-        }
-    }
-    if let Err(e) = consumer.commit_now() {
-        tracing::warn!(error = %e, "final commit failed; the next start re-reads from the last commit");
+        consumer.done(&msg);
     }
     let _ = producer.flush(Duration::from_secs(5));
-    consumer.close();
+    consumer.finish();
     if let Some(why) = failure {
         return Err(NotifyError::Unacknowledged(why));
     }
