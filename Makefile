@@ -35,9 +35,9 @@ test: setup lint ## The whole suite: lint, unit, integration and end-to-end test
 	  $(CARGO) test --workspace --locked --no-fail-fast; \
 	fi
 
-bench: setup ## Stage benchmarks against same-run baselines (release build; writes BENCHMARKS-stages.md)
-	KORVID_BENCH_OUT=$(CURDIR)/target-bench-stages.md $(CARGO) bench --bench stages
-	@mv -f target-bench-stages.md BENCHMARKS-stages.md && echo "written BENCHMARKS-stages.md"
+bench: setup ## Stage benchmarks against same-run baselines (release build); writes BENCHMARKS.md
+	KORVID_BENCH_OUT=$(CURDIR)/BENCHMARKS.md KORVID_BENCH_DATE=$$(date -u +%FT%TZ) \
+	  $(CARGO) bench --bench stages
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

@@ -1,6 +1,6 @@
 //! Stage benchmarks, each next to a baseline measured in the same run (ratios, since these
-//! machines are noisy). Run with `make bench`; prints a table and writes it to
-//! `target/bench-stages.md` when KORVID_BENCH_OUT is set.
+//! machines are noisy). Run with `make bench`; prints a table, and writes BENCHMARKS.md when
+//! KORVID_BENCH_OUT names a file.
 //!
 //! | stage | korvid | baseline |
 //! |---|---|---|
@@ -292,7 +292,20 @@ fn main() {
     let table = print(&rows);
     println!("\n{table}");
     if let Ok(path) = std::env::var("KORVID_BENCH_OUT") {
-        let _ = std::fs::write(path, table);
+        let doc = format!(
+            "# Benchmarks\n\nWritten by `make bench` ({cores} cores, {date}). Each korvid stage runs next to a \
+             baseline in the same process and run; the last column is the ratio of their times per item \
+             (lower is better; 1.0 = as fast as the baseline). Medians of 5 runs (3 for Kafka). \
+             Baselines are described in `benches/stages.rs`.\n\n{table}",
+            cores = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            date = std::env::var("KORVID_BENCH_DATE").unwrap_or_else(|_| "date unknown".into()),
+        );
+        match std::fs::write(&path, doc) {
+            Ok(()) => println!("written {path}"),
+            Err(e) => eprintln!("cannot write {path}: {e}"),
+        }
     }
 }
 

@@ -4,6 +4,8 @@
 //!
 //! Service logic lives in the service crates; nothing here knows about audit events or rules.
 
+#![warn(missing_docs)]
+
 pub mod broker;
 pub mod kafka;
 pub mod settings;
