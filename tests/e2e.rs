@@ -292,6 +292,47 @@ async fn every_stage_dead_letters_what_it_cannot_read_and_keeps_going() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_kafka_is_used_when_configured() {
+    use korvid_common::broker::{BrokerSettings, LocalBroker};
+    let dir = tempfile::tempdir().expect("tmp");
+    // Stands in for "the Kafka you already run": a broker korvid did not start.
+    let external = LocalBroker::start(
+        &BrokerSettings {
+            listen: format!("127.0.0.1:{}", free_port()),
+            binary: None,
+            storage: "memory".into(),
+        },
+        &dir.path().join("external"),
+    )
+    .await
+    .expect("external broker (make setup installs it)");
+    let receiver = Receiver::start().await;
+    let cfg = KorvidConfig::with_kafka(dir.path(), &receiver.url, &external.bootstrap);
+    let korvid = Korvid::start(&cfg).await;
+    let batch = exec_batch("e2e-exec-5", "ext", "pod-0", "walter", now_ms());
+    let resp = http()
+        .post(cfg.webhook_url())
+        .body(batch)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        receiver.wait_for(1, ALERT_WAIT).await.len(),
+        1,
+        "{}",
+        korvid.log_text()
+    );
+    assert!(
+        !dir.path().join("data/broker").exists(),
+        "no embedded broker is started when kafka.bootstrap_servers is set"
+    );
+    assert!(!read_topic(&external.bootstrap, "korvid.alerts.v1").is_empty());
+    drop(korvid);
+    external.stop(Duration::from_secs(2)).await;
+}
+
 #[test]
 fn an_invalid_setting_fails_fast_and_names_the_key() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_korvid"))

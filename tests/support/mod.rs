@@ -39,6 +39,8 @@ pub fn now_ms() -> i64 {
 /// Ports and paths of one korvid under test.
 pub struct KorvidConfig {
     pub dir: PathBuf,
+    /// An external Kafka to use instead of the embedded broker.
+    pub external_kafka: Option<String>,
     pub broker_port: u16,
     pub webhook_port: u16,
     pub telemetry_port: u16,
@@ -48,8 +50,18 @@ pub struct KorvidConfig {
 impl KorvidConfig {
     /// Fresh ports and a config file in `dir` that sends alerts to `receiver_url`.
     pub fn new(dir: &Path, receiver_url: &str) -> Self {
+        Self::build(dir, receiver_url, None)
+    }
+
+    /// Like [`KorvidConfig::new`], but on an external Kafka at `bootstrap`.
+    pub fn with_kafka(dir: &Path, receiver_url: &str, bootstrap: &str) -> Self {
+        Self::build(dir, receiver_url, Some(bootstrap.to_string()))
+    }
+
+    fn build(dir: &Path, receiver_url: &str, external_kafka: Option<String>) -> Self {
         let cfg = KorvidConfig {
             dir: dir.to_path_buf(),
+            external_kafka,
             broker_port: free_port(),
             webhook_port: free_port(),
             telemetry_port: free_port(),
@@ -68,7 +80,7 @@ listen = "127.0.0.1:{broker}"
 
 [kafka]
 partitions = 2
-
+{bootstrap}
 [telemetry]
 listen = "127.0.0.1:{telemetry}"
 otlp_endpoint = "{traces}"
@@ -99,6 +111,11 @@ timeout_ms = 500
 "#,
             down = free_port(),
             dir = self.dir.display(),
+            bootstrap = self
+                .external_kafka
+                .as_ref()
+                .map(|b| format!("bootstrap_servers = \"{b}\"\n"))
+                .unwrap_or_default(),
             broker = self.broker_port,
             telemetry = self.telemetry_port,
             webhook = self.webhook_port,
@@ -122,7 +139,9 @@ timeout_ms = 500
     }
 
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.broker_port)
+        self.external_kafka
+            .clone()
+            .unwrap_or_else(|| format!("127.0.0.1:{}", self.broker_port))
     }
 }
 
