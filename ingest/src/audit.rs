@@ -51,16 +51,6 @@ impl AuditParseError {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Envelope {
-    #[serde(default)]
-    kind: String,
-    #[serde(default)]
-    api_version: String,
-    items: Option<Vec<serde_json::Value>>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct WireEvent {
     #[serde(rename = "auditID")]
     audit_id: String,
@@ -127,32 +117,41 @@ pub fn parse_body(
     cluster: &str,
     sanitizer: &Sanitizer,
 ) -> Result<ParsedBatch, AuditParseError> {
-    let envelope: serde_json::Value =
+    let mut envelope: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| AuditParseError::Json(e.to_string()))?;
-    let head: Envelope = serde_json::from_value(envelope.clone())
-        .map_err(|e| AuditParseError::Json(format!("`items` must be a list of events: {e}")))?;
-    let items = match (head.kind.as_str(), head.items) {
-        ("EventList", Some(items)) => items,
-        ("EventList", None) => {
-            return Err(AuditParseError::WrongKind {
-                kind: "EventList without items".into(),
-                api_version: head.api_version,
-            });
-        }
-        ("Event", _) if head.api_version.starts_with("audit.k8s.io/") => vec![envelope],
-        _ => {
-            return Err(AuditParseError::WrongKind {
-                kind: head.kind,
-                api_version: head.api_version,
-            });
-        }
+    let text = |v: &serde_json::Value, key: &str| {
+        v.get(key)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_string()
     };
-    if !(head.api_version.is_empty() || head.api_version.starts_with("audit.k8s.io/")) {
-        return Err(AuditParseError::WrongKind {
-            kind: "EventList".into(),
-            api_version: head.api_version,
-        });
+    let (kind, api_version) = (text(&envelope, "kind"), text(&envelope, "apiVersion"));
+    if !envelope.is_object() {
+        return Err(AuditParseError::Json(
+            "expected a JSON object (an EventList or an Event)".into(),
+        ));
     }
+    if !(api_version.is_empty() || api_version.starts_with("audit.k8s.io/")) {
+        return Err(AuditParseError::WrongKind { kind, api_version });
+    }
+    let items = match kind.as_str() {
+        "EventList" => match envelope.get_mut("items").map(serde_json::Value::take) {
+            Some(serde_json::Value::Array(items)) => items,
+            Some(serde_json::Value::Null) | None => {
+                return Err(AuditParseError::WrongKind {
+                    kind: "EventList without items".into(),
+                    api_version,
+                });
+            }
+            Some(_) => {
+                return Err(AuditParseError::Json(
+                    "`items` must be a list of events".into(),
+                ));
+            }
+        },
+        "Event" if !api_version.is_empty() => vec![envelope],
+        _ => return Err(AuditParseError::WrongKind { kind, api_version }),
+    };
     let mut batch = ParsedBatch {
         events: Vec::with_capacity(items.len()),
         rejected: Vec::new(),
