@@ -257,7 +257,7 @@ pub struct KafkaContext {
     /// Topic names.
     pub topics: Topics,
     registry: Option<Arc<SchemaRegistryClient>>,
-    schema_ids: Arc<Mutex<BTreeMap<&'static str, u32>>>,
+    schema_ids: Arc<Mutex<BTreeMap<String, u32>>>,
     metrics: KafkaMetrics,
 }
 
@@ -381,13 +381,11 @@ impl KafkaContext {
                 Ok(name) => tracing::info!(topic = %name, "created topic"),
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((name, code)) => {
+                    tracing::error!(topic = %name, ?code, "topic creation failed");
                     return Err(KafkaClientError::Kafka {
                         op: "create topic",
                         source: KafkaError::AdminOp(code),
-                    })
-                    .inspect_err(
-                        |_| tracing::error!(topic = %name, ?code, "topic creation failed"),
-                    );
+                    });
                 }
             }
         }
@@ -399,13 +397,13 @@ impl KafkaContext {
         let Some(registry) = &self.registry else {
             return Ok(Framing::SingleObject);
         };
-        if let Some(id) = lock(&self.schema_ids).get(R::NAME) {
+        // TopicNameStrategy: one subject per topic.
+        let subject = format!("{topic}-value");
+        if let Some(id) = lock(&self.schema_ids).get(&subject) {
             return Ok(Framing::Confluent { schema_id: *id });
         }
-        let id = registry
-            .register(&format!("{topic}-value"), R::AVSC)
-            .await?;
-        lock(&self.schema_ids).insert(R::NAME, id);
+        let id = registry.register(&subject, R::AVSC).await?;
+        lock(&self.schema_ids).insert(subject, id);
         Ok(Framing::Confluent { schema_id: id })
     }
 
