@@ -124,6 +124,36 @@ impl Sanitizer {
         event
     }
 
+    /// Sanitises a request body that was refused, before it is dead-lettered: structurally when
+    /// it is JSON, else by blanking the values of secret-bearing keys in the text (a truncated
+    /// body can still hold a Secret's `data`).
+    pub fn sanitize_rejected_body(&self, body: &[u8]) -> Vec<u8> {
+        if let Ok(mut v) = serde_json::from_slice::<Value>(body) {
+            match v.get_mut("items").map(Value::take) {
+                Some(Value::Array(items)) => {
+                    let clean: Vec<Value> = items
+                        .into_iter()
+                        .map(|i| self.sanitize_audit_json(self.sanitize_object(None, i)))
+                        .collect();
+                    if let Some(map) = v.as_object_mut() {
+                        map.insert("items".into(), Value::Array(clean));
+                    }
+                    let v = self.sanitize_object(None, v);
+                    return serde_json::to_vec(&v).unwrap_or_default();
+                }
+                Some(other) => {
+                    if let Some(map) = v.as_object_mut() {
+                        map.insert("items".into(), other);
+                    }
+                }
+                None => {}
+            }
+            let v = self.sanitize_audit_json(self.sanitize_object(None, v));
+            return serde_json::to_vec(&v).unwrap_or_default();
+        }
+        redact_text(body)
+    }
+
     /// Walks any object: env values, last-applied annotations, nested secrets (e.g. in lists).
     fn scrub(&self, value: &mut Value) {
         match value {
@@ -160,6 +190,79 @@ impl Sanitizer {
             _ => {}
         }
     }
+}
+
+/// Keys whose values are blanked in text that is not valid JSON.
+const TEXT_SECRET_KEYS: &[&str] = &[
+    "\"data\"",
+    "\"stringData\"",
+    "\"binaryData\"",
+    "\"value\"",
+    LAST_APPLIED_QUOTED,
+];
+const LAST_APPLIED_QUOTED: &str = "\"kubectl.kubernetes.io/last-applied-configuration\"";
+const REDACTED: &[u8] = b"\"<redacted>\"";
+
+/// Blanks the value after each secret-bearing key: an object or array up to its matching
+/// bracket, a string up to its closing quote, or everything to the end when the text is cut.
+fn redact_text(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len());
+    let mut i = 0;
+    'scan: while i < body.len() {
+        for key in TEXT_SECRET_KEYS {
+            let k = key.as_bytes();
+            if body[i..].starts_with(k) {
+                out.extend_from_slice(k);
+                let mut j = i + k.len();
+                while j < body.len() && (body[j] == b' ' || body[j] == b':') {
+                    out.push(body[j]);
+                    j += 1;
+                }
+                i = skip_value(body, j);
+                out.extend_from_slice(REDACTED);
+                continue 'scan;
+            }
+        }
+        out.push(body[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Index just past the JSON value starting at `start` (tolerating truncation).
+fn skip_value(body: &[u8], start: usize) -> usize {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (off, &b) in body[start..].iter().enumerate() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => {
+                    in_string = false;
+                    if depth == 0 {
+                        return start + off + 1;
+                    }
+                }
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' if depth > 0 => {
+                depth -= 1;
+                if depth == 0 {
+                    return start + off + 1;
+                }
+            }
+            b',' | b'}' | b']' if depth == 0 => return start + off,
+            _ => {}
+        }
+    }
+    body.len()
 }
 
 fn value_text(v: &Value) -> String {
@@ -205,6 +308,24 @@ mod tests {
         let cm = json!({"kind":"ConfigMap","data":{"db_password":"hunter2","log_level":"debug"}});
         let out = s.sanitize_object(None, cm).to_string();
         assert!(!out.contains("hunter2") && out.contains("debug"));
+    }
+
+    #[test]
+    fn refused_bodies_lose_their_secrets_too() {
+        let s = Sanitizer::new(b"0123456789abcdef");
+        // Cut off mid-Secret: not JSON, so the text itself is redacted.
+        let cut = br#"{"kind":"EventList","items":[{"requestObject":{"kind":"Secret","stringData":{"pw":"hunter2"}},"x":{"env":[{"name":"A","value":"s3cr3t"}]"#;
+        let out = String::from_utf8(s.sanitize_rejected_body(cut)).expect("utf8");
+        assert!(!out.contains("hunter2") && !out.contains("s3cr3t"), "{out}");
+        assert!(
+            out.contains("EventList") && out.contains("\"name\":\"A\""),
+            "{out}"
+        );
+        // Valid JSON of the wrong kind: sanitised structurally.
+        let wrong = br#"{"kind":"SecretList","apiVersion":"v1","items":[{"kind":"Secret","data":{"pw":"aHVudGVyMg=="}}]}"#;
+        let out = String::from_utf8(s.sanitize_rejected_body(wrong)).expect("utf8");
+        assert!(!out.contains("aHVudGVyMg=="), "{out}");
+        assert!(out.contains("SecretList"));
     }
 
     #[test]

@@ -188,16 +188,16 @@ async fn receive(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
     let batch = match parse_body(&body, &s.cluster, &s.sanitizer) {
         Ok(b) => b,
         Err(e) => {
-            // Unparseable bodies may hold secrets anywhere; keep the raw bytes only in the
-            // dead-letter topic (operators' eyes only) and never in logs or metrics.
+            // Refused bodies may hold secrets too: they are sanitised before they leave ingest.
             let kind = e.kind();
+            let clean = s.sanitizer.sanitize_rejected_body(&body);
             let source = DeadLetterSource {
                 cluster: Some(s.cluster.clone()),
                 ..Default::default()
             };
             if let Err(dl) = s
                 .dead_letters
-                .send(STAGE, kind, &e.to_string(), &body, source)
+                .send(STAGE, kind, &e.to_string(), &clean, source)
                 .await
             {
                 count(&s, "unavailable");
