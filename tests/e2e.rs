@@ -333,6 +333,105 @@ async fn an_external_kafka_is_used_when_configured() {
     external.stop(Duration::from_secs(2)).await;
 }
 
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
+fn pki(dir: &std::path::Path) -> (String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
+    let server_key = KeyPair::generate().expect("key");
+    let server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .expect("params")
+        .signed_by(&server_key, &ca)
+        .expect("server cert");
+    let client_key = KeyPair::generate().expect("key");
+    let client = CertificateParams::new(vec!["kube-apiserver".to_string()])
+        .expect("params")
+        .signed_by(&client_key, &ca)
+        .expect("client cert");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
+    std::fs::write(dir.join("server.pem"), server.pem()).expect("write");
+    std::fs::write(dir.join("server-key.pem"), server_key.serialize_pem()).expect("write");
+    std::fs::write(dir.join("token"), "e2e-token-0123456789abcdef\n").expect("write");
+    (
+        ca.pem(),
+        format!("{}{}", client.pem(), client_key.serialize_pem()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_serves_https_with_client_certificates_and_a_bearer_token() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (ca_pem, client_identity) = pki(dir.path());
+    let d = dir.path().display();
+    let receiver = Receiver::start().await;
+    let cfg = KorvidConfig::new(dir.path(), &receiver.url).with_webhook(
+        &format!(
+            "bearer_token_file = \"{d}/token\"\n\n[ingest.audit_webhook.tls]\ncert_file = \"{d}/server.pem\"\nkey_file = \"{d}/server-key.pem\"\nclient_ca_file = \"{d}/ca.pem\"\n"
+        ),
+        true,
+    );
+    let korvid = Korvid::start(&cfg).await;
+    let _ = http(); // installs the TLS provider
+    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("ca");
+    let identity = reqwest::Identity::from_pem(client_identity.as_bytes()).expect("identity");
+    let trusted = reqwest::Client::builder()
+        .tls_certs_only([ca.clone()])
+        .identity(identity)
+        .build()
+        .expect("client");
+    let batch = exec_batch("e2e-exec-6", "tls", "pod-1", "victor", now_ms());
+
+    // Right certificate, wrong token: 401, and nothing reaches Kafka.
+    let resp = trusted
+        .post(cfg.webhook_url())
+        .bearer_auth("wrong-token-0123456789")
+        .body(batch.clone())
+        .send()
+        .await
+        .expect("https post");
+    assert_eq!(resp.status(), 401);
+    // No client certificate: the TLS handshake is refused.
+    let anonymous = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .expect("client");
+    let refused = anonymous
+        .post(cfg.webhook_url())
+        .bearer_auth("e2e-token-0123456789abcdef")
+        .body(batch.clone())
+        .send()
+        .await;
+    assert!(
+        refused.is_err(),
+        "a client without a certificate must be refused"
+    );
+    // Plain HTTP to the HTTPS port gets nowhere.
+    let plain = http()
+        .post(cfg.webhook_url().replace("https://", "http://"))
+        .body(batch.clone())
+        .send()
+        .await;
+    assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));
+
+    let resp = trusted
+        .post(cfg.webhook_url())
+        .bearer_auth("e2e-token-0123456789abcdef")
+        .body(batch)
+        .send()
+        .await
+        .expect("https post");
+    assert_eq!(resp.status(), 200);
+    let got = receiver.wait_for(1, ALERT_WAIT).await;
+    assert_eq!(got.len(), 1, "{}", korvid.log_text());
+    assert_eq!(got[0].body["alert"]["subject"]["name"], "pod-1");
+    assert_eq!(
+        metric(&cfg, "korvid_ingest_audit_batches", "unauthorized").await,
+        1.0
+    );
+}
+
 #[test]
 fn an_invalid_setting_fails_fast_and_names_the_key() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_korvid"))

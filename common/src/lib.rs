@@ -13,6 +13,7 @@ pub mod shutdown;
 #[cfg(feature = "sql")]
 pub mod sql;
 pub mod telemetry;
+pub mod tls;
 
 pub use settings::{SettingsError, Validate};
 pub use shutdown::Shutdown;

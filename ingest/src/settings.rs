@@ -1,8 +1,11 @@
 //! `[ingest]` settings.
 
+use std::path::PathBuf;
+
 use korvid_common::settings::{
     SettingsError, Validate, require_non_empty, require_range, require_socket_addr,
 };
+use korvid_common::tls::ServerTlsSettings;
 use serde::Deserialize;
 
 /// `[ingest]` settings.
@@ -42,6 +45,10 @@ pub struct AuditWebhookSettings {
     pub max_body_bytes: usize,
     /// Batches handled at once; more get 429 with Retry-After.
     pub max_in_flight: usize,
+    /// Serve HTTPS (and optionally require client certificates).
+    pub tls: Option<ServerTlsSettings>,
+    /// File holding a token every request must present as `Authorization: Bearer <token>`.
+    pub bearer_token_file: Option<PathBuf>,
 }
 
 impl Default for AuditWebhookSettings {
@@ -52,6 +59,8 @@ impl Default for AuditWebhookSettings {
             path: "/audit/webhook".into(),
             max_body_bytes: 16 << 20,
             max_in_flight: 32,
+            tls: None,
+            bearer_token_file: None,
         }
     }
 }
@@ -93,6 +102,23 @@ impl Validate for IngestSettings {
             1,
             4096,
         )?;
+        if let Some(tls) = &w.tls {
+            tls.validate("ingest.audit_webhook.tls")?;
+        }
+        if let Some(f) = &w.bearer_token_file {
+            let token = std::fs::read_to_string(f).map_err(|e| {
+                SettingsError::invalid(
+                    "ingest.audit_webhook.bearer_token_file",
+                    format!("cannot read {}: {e}", f.display()),
+                )
+            })?;
+            if token.trim().len() < 16 {
+                return Err(SettingsError::invalid(
+                    "ingest.audit_webhook.bearer_token_file",
+                    "the token must be at least 16 characters",
+                ));
+            }
+        }
         Ok(())
     }
 }

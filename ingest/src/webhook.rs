@@ -41,6 +41,9 @@ pub enum IngestError {
     /// The server failed.
     #[error("audit webhook server failed: {0}")]
     Serve(std::io::Error),
+    /// TLS or the token could not be loaded.
+    #[error("ingest.audit_webhook: {0}")]
+    Security(String),
 }
 
 #[derive(Clone)]
@@ -51,6 +54,7 @@ struct Metrics {
 }
 
 struct Shared {
+    bearer_token: Option<String>,
     cluster: String,
     topic: String,
     sanitizer: Sanitizer,
@@ -101,8 +105,18 @@ impl AuditWebhook {
             }
         };
         let w = &settings.audit_webhook;
+        let bearer_token = match &w.bearer_token_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| IngestError::Security(format!("bearer_token_file: {e}")))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
         Ok(AuditWebhook {
             shared: Arc::new(Shared {
+                bearer_token,
                 cluster: settings.cluster.clone(),
                 topic: ctx.kafka.topics.audit.clone(),
                 sanitizer,
@@ -116,11 +130,15 @@ impl AuditWebhook {
         })
     }
 
-    /// The HTTP routes.
+    /// The HTTP routes (bearer-token check first, then the body limit).
     pub fn router(&self) -> Router {
         Router::new()
             .route(&self.path, post(receive))
             .layer(DefaultBodyLimit::max(self.max_body))
+            .layer(axum::middleware::from_fn_with_state(
+                self.shared.clone(),
+                require_token,
+            ))
             .with_state(self.shared.clone())
     }
 }
@@ -145,20 +163,47 @@ pub async fn run(settings: IngestSettings, ctx: ServiceContext) -> Result<(), In
                 addr: settings.audit_webhook.listen.clone(),
                 source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
             })?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|source| IngestError::Bind {
             addr: addr.to_string(),
             source,
         })?;
     let bound = listener.local_addr().map_err(IngestError::Serve)?;
-    tracing::info!(%bound, path = %settings.audit_webhook.path, "audit webhook listening");
-    ctx.telemetry.set_ready(COMPONENT, true);
     let stop = ctx.shutdown.clone();
-    axum::serve(listener, webhook.router())
-        .with_graceful_shutdown(async move { stop.triggered().await })
-        .await
-        .map_err(IngestError::Serve)?;
+    match &settings.audit_webhook.tls {
+        Some(tls) => {
+            let config = tls
+                .server_config()
+                .map_err(|e| IngestError::Security(e.to_string()))?;
+            let mtls = tls.client_ca_file.is_some();
+            tracing::info!(%bound, path = %settings.audit_webhook.path, mtls, "audit webhook listening (HTTPS)");
+            ctx.telemetry.set_ready(COMPONENT, true);
+            let handle = axum_server::Handle::new();
+            let on_stop = handle.clone();
+            tokio::spawn(async move {
+                stop.triggered().await;
+                on_stop.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+            });
+            let rustls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config));
+            axum_server::from_tcp_rustls(listener, rustls)
+                .map_err(IngestError::Serve)?
+                .handle(handle)
+                .serve(webhook.router().into_make_service())
+                .await
+                .map_err(IngestError::Serve)?;
+        }
+        None => {
+            tracing::info!(%bound, path = %settings.audit_webhook.path, "audit webhook listening (plain HTTP)");
+            ctx.telemetry.set_ready(COMPONENT, true);
+            let listener =
+                tokio::net::TcpListener::from_std(listener).map_err(IngestError::Serve)?;
+            axum::serve(listener, webhook.router())
+                .with_graceful_shutdown(async move { stop.triggered().await })
+                .await
+                .map_err(IngestError::Serve)?;
+        }
+    }
     // Requests in flight were answered only after their events were acknowledged, so a flush
     // here only covers dead letters still on their way.
     let _ = webhook
@@ -253,6 +298,38 @@ async fn receive(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
             "errors": errors,
         }),
     )
+}
+
+/// Refuses requests without the configured bearer token (401, nothing else is read).
+async fn require_token(
+    State(s): State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(expected) = &s.bearer_token {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
+            count(&s, "unauthorized");
+            let mut resp = json_response(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"error": "missing or wrong bearer token"}),
+            );
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return resp;
+        }
+    }
+    next.run(req).await
+}
+
+/// Compares secrets without leaking where they differ through timing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn count(s: &Shared, result: &str) {

@@ -41,6 +41,9 @@ pub struct KorvidConfig {
     pub dir: PathBuf,
     /// An external Kafka to use instead of the embedded broker.
     pub external_kafka: Option<String>,
+    /// Extra lines for `[ingest.audit_webhook]`, and whether it serves HTTPS.
+    pub webhook_extra: String,
+    pub https: bool,
     pub broker_port: u16,
     pub webhook_port: u16,
     pub telemetry_port: u16,
@@ -62,6 +65,8 @@ impl KorvidConfig {
         let cfg = KorvidConfig {
             dir: dir.to_path_buf(),
             external_kafka,
+            webhook_extra: String::new(),
+            https: false,
             broker_port: free_port(),
             webhook_port: free_port(),
             telemetry_port: free_port(),
@@ -69,6 +74,14 @@ impl KorvidConfig {
         };
         cfg.write();
         cfg
+    }
+
+    /// Adds `[ingest.audit_webhook]` lines (TLS, token) and rewrites the config file.
+    pub fn with_webhook(mut self, extra: &str, https: bool) -> Self {
+        self.webhook_extra = extra.to_string();
+        self.https = https;
+        self.write();
+        self
     }
 
     fn write(&self) {
@@ -91,6 +104,7 @@ redaction_key = "e2e-redaction-key-0123456789"
 
 [ingest.audit_webhook]
 listen = "127.0.0.1:{webhook}"
+{webhook_extra}
 
 [enrich]
 window_ms = 2000
@@ -119,6 +133,7 @@ timeout_ms = 500
             broker = self.broker_port,
             telemetry = self.telemetry_port,
             webhook = self.webhook_port,
+            webhook_extra = self.webhook_extra,
             url = self.receiver_url,
             traces = self.receiver_url.replace("/alerts", "/v1/traces"),
             secret = HMAC_SECRET,
@@ -131,7 +146,8 @@ timeout_ms = 500
     }
 
     pub fn webhook_url(&self) -> String {
-        format!("http://127.0.0.1:{}/audit/webhook", self.webhook_port)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/audit/webhook", self.webhook_port)
     }
 
     pub fn telemetry_url(&self, path: &str) -> String {
