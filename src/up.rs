@@ -76,6 +76,7 @@ pub async fn run(service: &str, settings: KorvidSettings) -> anyhow::Result<()> 
         kafka,
         telemetry,
         shutdown: shutdown.clone(),
+        data_dir: settings.data_dir.clone(),
     };
 
     let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -432,6 +432,69 @@ async fn the_webhook_serves_https_with_client_certificates_and_a_bearer_token() 
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_log_files_are_tailed_across_rotation_and_restart() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tmp");
+    let log = dir.path().join("audit.log");
+    let receiver = Receiver::start().await;
+    let cfg = KorvidConfig::new(dir.path(), &receiver.url).with_extra(&format!(
+        "[[ingest.audit_logs]]\npath = \"{}\"\npoll_ms = 50\n",
+        log.display()
+    ));
+    let append = |line: String| {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open log");
+        f.write_all(line.as_bytes()).expect("append");
+    };
+    let mut first = Korvid::start(&cfg).await;
+    // A pretty-printed event counts as much as a line, and garbage is skipped to the next line.
+    let pretty: serde_json::Value =
+        serde_json::from_str(&exec_log_line("log-1", "logs", "pod-a", "lena", now_ms()))
+            .expect("json");
+    append(format!("{pretty:#}\nthis line is not JSON\n"));
+    assert_eq!(
+        receiver.wait_for(1, ALERT_WAIT).await.len(),
+        1,
+        "{}",
+        first.log_text()
+    );
+
+    // Rotation: the file is renamed and a new one starts.
+    std::fs::rename(&log, dir.path().join("audit.log.1")).expect("rotate");
+    append(exec_log_line("log-2", "logs", "pod-b", "lena", now_ms()));
+    assert_eq!(
+        receiver.wait_for(2, ALERT_WAIT).await.len(),
+        2,
+        "{}",
+        first.log_text()
+    );
+    assert!(metric(&cfg, "korvid_ingest_audit_log_rotations", "").await >= 1.0);
+    assert!(metric(&cfg, "korvid_deadletters", "ingest.audit_log").await >= 1.0);
+    let (status, _) = first.terminate().await;
+    assert!(status.success());
+
+    // Restart: nothing already read is read again; new lines are.
+    let second = Korvid::start(&cfg).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        metric(&cfg, "korvid_ingest_audit_log_events", "").await,
+        0.0,
+        "checkpoint honoured"
+    );
+    append(exec_log_line("log-3", "logs", "pod-c", "lena", now_ms()));
+    let got = receiver.wait_for(3, ALERT_WAIT).await;
+    assert_eq!(got.len(), 3, "{}", second.log_text());
+    assert_eq!(got[2].body["alert"]["subject"]["name"], "pod-c");
+    assert_eq!(
+        metric(&cfg, "korvid_ingest_audit_log_events", "").await,
+        1.0
+    );
+}
+
 #[test]
 fn an_invalid_setting_fails_fast_and_names_the_key() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_korvid"))

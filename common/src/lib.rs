@@ -43,4 +43,6 @@ pub struct ServiceContext {
     pub telemetry: Telemetry,
     /// Cancelled when the process should stop.
     pub shutdown: Shutdown,
+    /// Where services keep local state (checkpoints).
+    pub data_dir: std::path::PathBuf,
 }

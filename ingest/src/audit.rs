@@ -117,8 +117,22 @@ pub fn parse_body(
     cluster: &str,
     sanitizer: &Sanitizer,
 ) -> Result<ParsedBatch, AuditParseError> {
-    let mut envelope: serde_json::Value =
+    let envelope: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| AuditParseError::Json(e.to_string()))?;
+    parse_value(envelope, false, cluster, sanitizer)
+}
+
+/// Parses one JSON document: an `EventList`, an `Event`, or (when `allow_array`, as audit log
+/// files may hold) an array of Events.
+pub fn parse_value(
+    mut envelope: serde_json::Value,
+    allow_array: bool,
+    cluster: &str,
+    sanitizer: &Sanitizer,
+) -> Result<ParsedBatch, AuditParseError> {
+    if allow_array && let serde_json::Value::Array(items) = envelope {
+        return Ok(parse_items(items, cluster, sanitizer));
+    }
     let text = |v: &serde_json::Value, key: &str| {
         v.get(key)
             .and_then(serde_json::Value::as_str)
@@ -152,6 +166,10 @@ pub fn parse_body(
         "Event" if !api_version.is_empty() => vec![envelope],
         _ => return Err(AuditParseError::WrongKind { kind, api_version }),
     };
+    Ok(parse_items(items, cluster, sanitizer))
+}
+
+fn parse_items(items: Vec<serde_json::Value>, cluster: &str, sanitizer: &Sanitizer) -> ParsedBatch {
     let mut batch = ParsedBatch {
         events: Vec::with_capacity(items.len()),
         rejected: Vec::new(),
@@ -166,7 +184,7 @@ pub fn parse_body(
             }
         }
     }
-    Ok(batch)
+    batch
 }
 
 fn parse_event(

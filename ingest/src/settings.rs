@@ -19,6 +19,23 @@ pub struct IngestSettings {
     pub redaction_key: Option<String>,
     /// The audit webhook.
     pub audit_webhook: AuditWebhookSettings,
+    /// Audit log files to tail (`[[ingest.audit_logs]]`).
+    pub audit_logs: Vec<AuditLogSettings>,
+}
+
+/// One audit log file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditLogSettings {
+    /// The file kube-apiserver writes (`--audit-log-path`), or any file of audit events.
+    pub path: PathBuf,
+    /// How often to look for new lines and rotation.
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
+}
+
+fn default_poll_ms() -> u64 {
+    250
 }
 
 impl Default for IngestSettings {
@@ -27,6 +44,7 @@ impl Default for IngestSettings {
             cluster: "default".into(),
             redaction_key: None,
             audit_webhook: AuditWebhookSettings::default(),
+            audit_logs: Vec::new(),
         }
     }
 }
@@ -81,6 +99,17 @@ impl Validate for IngestSettings {
                 "ingest.redaction_key",
                 "must be at least 16 characters",
             ));
+        }
+        for (i, log) in self.audit_logs.iter().enumerate() {
+            let key = format!("ingest.audit_logs[{i}]");
+            require_range(&format!("{key}.poll_ms"), log.poll_ms, 10, 60_000)?;
+            let dir = log.path.parent().filter(|d| !d.as_os_str().is_empty());
+            if dir.is_some_and(|d| !d.is_dir()) {
+                return Err(SettingsError::invalid(
+                    format!("{key}.path"),
+                    format!("the directory of {} does not exist", log.path.display()),
+                ));
+            }
         }
         let w = &self.audit_webhook;
         require_socket_addr("ingest.audit_webhook.listen", &w.listen)?;

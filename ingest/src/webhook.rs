@@ -18,10 +18,12 @@ use prometheus_client::metrics::family::Family;
 use tokio::sync::Semaphore;
 
 use crate::audit::{parse_body, partition_key};
+use crate::audit_log::AuditLogTail;
 use crate::sanitize::Sanitizer;
 use crate::settings::IngestSettings;
 
 const STAGE: &str = "ingest.audit_webhook";
+const COMPONENT: &str = "ingest";
 
 /// Why ingest stopped.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +76,11 @@ pub struct AuditWebhook {
 
 impl AuditWebhook {
     /// Builds the webhook's Kafka clients and metrics.
-    pub fn build(settings: &IngestSettings, ctx: &ServiceContext) -> Result<Self, IngestError> {
+    pub fn build(
+        settings: &IngestSettings,
+        ctx: &ServiceContext,
+        sanitizer: Sanitizer,
+    ) -> Result<Self, IngestError> {
         let producer = ctx.kafka.producer()?;
         let dead_letters = ctx.kafka.dead_letters(producer.clone());
         let t = &ctx.telemetry;
@@ -94,15 +100,6 @@ impl AuditWebhook {
                 "Audit events refused and dead-lettered",
                 Counter::default(),
             ),
-        };
-        let sanitizer = match &settings.redaction_key {
-            Some(k) => Sanitizer::new(k.as_bytes()),
-            None => {
-                tracing::warn!(
-                    "ingest.redaction_key is not set: secret hashes are keyed per process and will not match across restarts"
-                );
-                Sanitizer::random()
-            }
         };
         let w = &settings.audit_webhook;
         let bearer_token = match &w.bearer_token_file {
@@ -143,17 +140,90 @@ impl AuditWebhook {
     }
 }
 
-/// Serves the audit webhook until shutdown, then flushes the producer.
+/// Runs ingest until shutdown: the audit webhook (unless disabled) and a tail per audit log.
 pub async fn run(settings: IngestSettings, ctx: ServiceContext) -> Result<(), IngestError> {
-    const COMPONENT: &str = "ingest";
     ctx.telemetry.declare(COMPONENT);
+    let sanitizer = sanitizer_for(&settings);
+    let tails = start_tails(&settings, &ctx, &sanitizer)?;
     if !settings.audit_webhook.enabled {
         tracing::info!("audit webhook disabled (ingest.audit_webhook.enabled = false)");
         ctx.telemetry.set_ready(COMPONENT, true);
         ctx.shutdown.triggered().await;
-        return Ok(());
+        return join_tails(tails).await;
     }
-    let webhook = AuditWebhook::build(&settings, &ctx)?;
+    serve_webhook(&settings, &ctx, sanitizer).await?;
+    join_tails(tails).await
+}
+
+type TailTask = tokio::task::JoinHandle<Result<(), KafkaClientError>>;
+
+fn start_tails(
+    settings: &IngestSettings,
+    ctx: &ServiceContext,
+    sanitizer: &Sanitizer,
+) -> Result<Vec<TailTask>, IngestError> {
+    if settings.audit_logs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let producer = ctx.kafka.producer()?;
+    let t = &ctx.telemetry;
+    let events: Counter = t.register(
+        "ingest_audit_log_events",
+        "Audit events read from log files and written to Kafka",
+        Counter::default(),
+    );
+    let rotations: Counter = t.register(
+        "ingest_audit_log_rotations",
+        "Audit log rotations and truncations followed",
+        Counter::default(),
+    );
+    Ok(settings
+        .audit_logs
+        .iter()
+        .map(|log| {
+            let tail = AuditLogTail::new(
+                log.clone(),
+                &settings.cluster,
+                sanitizer.clone(),
+                producer.clone(),
+                ctx,
+                events.clone(),
+                rotations.clone(),
+            );
+            tokio::spawn(tail.run(ctx.clone()))
+        })
+        .collect())
+}
+
+async fn join_tails(tails: Vec<TailTask>) -> Result<(), IngestError> {
+    for t in tails {
+        match t.await {
+            Ok(r) => r?,
+            Err(e) => return Err(IngestError::Serve(std::io::Error::other(e.to_string()))),
+        }
+    }
+    Ok(())
+}
+
+fn sanitizer_for(settings: &IngestSettings) -> Sanitizer {
+    match &settings.redaction_key {
+        Some(k) => Sanitizer::new(k.as_bytes()),
+        None => {
+            tracing::warn!(
+                "ingest.redaction_key is not set: secret hashes are keyed per process and will not match across restarts"
+            );
+            Sanitizer::random()
+        }
+    }
+}
+
+/// Serves the audit webhook until shutdown, then flushes its producer.
+async fn serve_webhook(
+    settings: &IngestSettings,
+    ctx: &ServiceContext,
+    sanitizer: Sanitizer,
+) -> Result<(), IngestError> {
+    let webhook = AuditWebhook::build(settings, ctx, sanitizer)?;
     let addr: SocketAddr =
         settings
             .audit_webhook

@@ -44,6 +44,8 @@ pub struct KorvidConfig {
     /// Extra lines for `[ingest.audit_webhook]`, and whether it serves HTTPS.
     pub webhook_extra: String,
     pub https: bool,
+    /// TOML appended at the end (array tables such as `[[ingest.audit_logs]]`).
+    pub extra: String,
     pub broker_port: u16,
     pub webhook_port: u16,
     pub telemetry_port: u16,
@@ -67,6 +69,7 @@ impl KorvidConfig {
             external_kafka,
             webhook_extra: String::new(),
             https: false,
+            extra: String::new(),
             broker_port: free_port(),
             webhook_port: free_port(),
             telemetry_port: free_port(),
@@ -74,6 +77,13 @@ impl KorvidConfig {
         };
         cfg.write();
         cfg
+    }
+
+    /// Appends TOML at the end of the config file and rewrites it.
+    pub fn with_extra(mut self, toml: &str) -> Self {
+        self.extra = toml.to_string();
+        self.write();
+        self
     }
 
     /// Adds `[ingest.audit_webhook]` lines (TLS, token) and rewrites the config file.
@@ -122,7 +132,10 @@ name = "down"
 url = "http://127.0.0.1:{down}/alerts"
 max_attempts = 2
 timeout_ms = 500
+
+{extra}
 "#,
+            extra = self.extra,
             down = free_port(),
             dir = self.dir.display(),
             bootstrap = self
@@ -409,6 +422,16 @@ pub fn exec_batch(audit_id: &str, namespace: &str, pod: &str, user: &str, ms: i6
         }]
     })
     .to_string()
+}
+
+/// One audit Event as kube-apiserver's log backend writes it: a single JSON line.
+pub fn exec_log_line(audit_id: &str, namespace: &str, pod: &str, user: &str, ms: i64) -> String {
+    let list: serde_json::Value =
+        serde_json::from_str(&exec_batch(audit_id, namespace, pod, user, ms)).expect("json");
+    let mut event = list["items"][0].clone();
+    event["kind"] = "Event".into();
+    event["apiVersion"] = "audit.k8s.io/v1".into();
+    format!("{event}\n")
 }
 
 /// Reads a Prometheus counter (summing every label set whose text contains `labels`).
