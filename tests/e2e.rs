@@ -336,6 +336,7 @@ async fn an_external_kafka_is_used_when_configured() {
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
 fn pki(dir: &std::path::Path) -> (String, String) {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    std::fs::create_dir_all(dir).expect("pki dir");
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca =
@@ -368,7 +369,7 @@ async fn the_webhook_serves_https_with_client_certificates_and_a_bearer_token() 
     let receiver = Receiver::start().await;
     let cfg = KorvidConfig::new(dir.path(), &receiver.url).with_webhook(
         &format!(
-            "bearer_token_file = \"{d}/token\"\n\n[ingest.audit_webhook.tls]\ncert_file = \"{d}/server.pem\"\nkey_file = \"{d}/server-key.pem\"\nclient_ca_file = \"{d}/ca.pem\"\n"
+            "bearer_token_file = \"{d}/token\"\nmax_body_bytes = 1536\n\n[ingest.audit_webhook.tls]\ncert_file = \"{d}/server.pem\"\nkey_file = \"{d}/server-key.pem\"\nclient_ca_file = \"{d}/ca.pem\"\n"
         ),
         true,
     );
@@ -406,6 +407,37 @@ async fn the_webhook_serves_https_with_client_certificates_and_a_bearer_token() 
     assert!(
         refused.is_err(),
         "a client without a certificate must be refused"
+    );
+    // A certificate from another CA: refused too.
+    let (_, stranger_identity) = pki(&dir.path().join("stranger"));
+    let stranger = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("ca")])
+        .identity(reqwest::Identity::from_pem(stranger_identity.as_bytes()).expect("identity"))
+        .build()
+        .expect("client");
+    let refused = stranger
+        .post(cfg.webhook_url())
+        .bearer_auth("e2e-token-0123456789abcdef")
+        .body(batch.clone())
+        .send()
+        .await;
+    assert!(
+        refused.is_err(),
+        "a certificate from another CA must be refused"
+    );
+    // Over the body limit (1.5 KiB here): 413, and nothing is written.
+    let oversized = exec_batch(&"x".repeat(2048), "tls", "pod-big", "victor", now_ms());
+    let resp = trusted
+        .post(cfg.webhook_url())
+        .bearer_auth("e2e-token-0123456789abcdef")
+        .body(oversized)
+        .send()
+        .await
+        .expect("https post");
+    assert_eq!(resp.status(), 413);
+    assert_eq!(
+        metric(&cfg, "korvid_ingest_audit_events_accepted", "").await,
+        0.0
     );
     // Plain HTTP to the HTTPS port gets nowhere.
     let plain = http()
