@@ -527,6 +527,48 @@ async fn audit_log_files_are_tailed_across_rotation_and_restart() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_scan_reports_become_image_scans_keyed_by_digest() {
+    use korvid_schemas::ImageScan;
+    let dir = tempfile::tempdir().expect("tmp");
+    let receiver = Receiver::start().await;
+    let cfg = KorvidConfig::new(dir.path(), &receiver.url);
+    let _korvid = Korvid::start(&cfg).await;
+    let url = cfg.webhook_url().replace("/audit/webhook", "/scans");
+    let digest = "sha256:5d2b1c0d4f0e9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b";
+    let grype = serde_json::json!({
+        "matches": [{"vulnerability": {"id": "CVE-2024-3094", "severity": "Critical",
+                      "cvss": [{"metrics": {"baseScore": 10.0}}], "fix": {"versions": ["5.6.2"]}},
+                     "artifact": {"name": "xz-utils", "version": "5.6.0"}}],
+        "source": {"type": "image", "target": {"userInput": "registry.example.com/ops/tools:2024.3", "manifestDigest": digest}},
+        "descriptor": {"name": "grype", "version": "0.74.0"}
+    });
+    let resp = http()
+        .post(&url)
+        .body(grype.to_string())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 200);
+    let resp = http()
+        .post(&url)
+        .body("{\"not\": \"a report\"}")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 400);
+
+    let scans: Vec<ImageScan> = read_topic(&cfg.bootstrap(), "korvid.image.scans.v1")
+        .iter()
+        .filter_map(|v| Decoder::<ImageScan>::new().decode(v).ok())
+        .collect();
+    assert_eq!(scans.len(), 1);
+    assert_eq!(scans[0].image_digest, digest);
+    assert_eq!(scans[0].registry, "registry.example.com");
+    assert_eq!(scans[0].vulnerabilities[0].id, "CVE-2024-3094");
+    assert!(metric(&cfg, "korvid_deadletters", "ingest.scans").await >= 1.0);
+}
+
 #[test]
 fn an_invalid_setting_fails_fast_and_names_the_key() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_korvid"))

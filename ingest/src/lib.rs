@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod audit_log;
 pub mod sanitize;
+pub mod scans;
 mod settings;
 mod webhook;
 

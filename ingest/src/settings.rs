@@ -59,6 +59,8 @@ pub struct AuditWebhookSettings {
     pub listen: String,
     /// Request path kube-apiserver posts to.
     pub path: String,
+    /// Request path for Trivy/Grype JSON reports on the same server.
+    pub scans_path: String,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Batches handled at once; more get 429 with Retry-After.
@@ -75,6 +77,7 @@ impl Default for AuditWebhookSettings {
             enabled: true,
             listen: "127.0.0.1:9440".into(),
             path: "/audit/webhook".into(),
+            scans_path: "/scans".into(),
             max_body_bytes: 16 << 20,
             max_in_flight: 32,
             tls: None,
@@ -117,6 +120,12 @@ impl Validate for IngestSettings {
             return Err(SettingsError::invalid(
                 "ingest.audit_webhook.path",
                 "must start with '/'",
+            ));
+        }
+        if !w.scans_path.starts_with('/') || w.scans_path == w.path {
+            return Err(SettingsError::invalid(
+                "ingest.audit_webhook.scans_path",
+                "must start with '/' and differ from ingest.audit_webhook.path",
             ));
         }
         require_range(

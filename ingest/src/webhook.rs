@@ -59,6 +59,7 @@ struct Shared {
     bearer_token: Option<String>,
     cluster: String,
     topic: String,
+    scans_topic: String,
     sanitizer: Sanitizer,
     producer: RecordProducer,
     dead_letters: DeadLetters,
@@ -71,6 +72,7 @@ struct Shared {
 pub struct AuditWebhook {
     shared: Arc<Shared>,
     path: String,
+    scans_path: String,
     max_body: usize,
 }
 
@@ -116,6 +118,7 @@ impl AuditWebhook {
                 bearer_token,
                 cluster: settings.cluster.clone(),
                 topic: ctx.kafka.topics.audit.clone(),
+                scans_topic: ctx.kafka.topics.scans.clone(),
                 sanitizer,
                 producer,
                 dead_letters,
@@ -123,6 +126,7 @@ impl AuditWebhook {
                 metrics,
             }),
             path: w.path.clone(),
+            scans_path: w.scans_path.clone(),
             max_body: w.max_body_bytes,
         })
     }
@@ -131,6 +135,7 @@ impl AuditWebhook {
     pub fn router(&self) -> Router {
         Router::new()
             .route(&self.path, post(receive))
+            .route(&self.scans_path, post(receive_scan))
             .layer(DefaultBodyLimit::max(self.max_body))
             .layer(axum::middleware::from_fn_with_state(
                 self.shared.clone(),
@@ -368,6 +373,59 @@ async fn receive(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
             "errors": errors,
         }),
     )
+}
+
+/// Takes one Trivy or Grype JSON report and writes it as an ImageScan keyed by digest.
+#[tracing::instrument(name = "ingest.scan", skip_all, fields(bytes = body.len()))]
+async fn receive_scan(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+    let Ok(_permit) = s.permits.clone().try_acquire_owned() else {
+        count(&s, "throttled");
+        let mut resp = json_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            serde_json::json!({"error": "ingest is at capacity; retry shortly"}),
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return resp;
+    };
+    match crate::scans::parse_scan(&body, &s.cluster, korvid_common::now_millis()) {
+        Ok(scan) => match s
+            .producer
+            .send(&s.scans_topic, &scan.image_digest, &scan)
+            .await
+        {
+            Ok(_) => {
+                count(&s, "scan");
+                json_response(
+                    StatusCode::OK,
+                    serde_json::json!({
+                        "image_digest": scan.image_digest,
+                        "scanner": scan.scanner,
+                        "vulnerabilities": scan.vulnerabilities.len(),
+                    }),
+                )
+            }
+            Err(e) => unavailable(&e),
+        },
+        Err(e) => {
+            let source = DeadLetterSource {
+                cluster: Some(s.cluster.clone()),
+                ..Default::default()
+            };
+            if let Err(dl) = s
+                .dead_letters
+                .send("ingest.scans", e.kind(), &e.to_string(), &body, source)
+                .await
+            {
+                return unavailable(&dl);
+            }
+            count(&s, "malformed_scan");
+            json_response(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": e.to_string(), "kind": e.kind()}),
+            )
+        }
+    }
 }
 
 /// Refuses requests without the configured bearer token (401, nothing else is read).
