@@ -12,10 +12,8 @@ const ALERT_WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_into_a_pod_alerts_exactly_once() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let receiver = Receiver::start().await;
-    let cfg = KorvidConfig::new(dir.path(), &receiver.url);
-    let _korvid = Korvid::start(&cfg).await;
+    let s = stack().await;
+    let (cfg, receiver) = (&s.cfg, &s.receiver);
     let client = http();
 
     let batch = exec_batch("e2e-exec-1", "shop", "web-6f7d9-abcde", "mallory", now_ms());
@@ -34,7 +32,7 @@ async fn exec_into_a_pod_alerts_exactly_once() {
     );
 
     let got = receiver.wait_for(1, ALERT_WAIT).await;
-    assert_eq!(got.len(), 1, "one alert expected:\n{}", _korvid.log_text());
+    assert_eq!(got.len(), 1, "one alert expected:\n{}", s.korvid.log_text());
     let latency = got[0].at.duration_since(posted);
     println!("event-to-alert latency: {} ms", latency.as_millis());
 
@@ -67,11 +65,11 @@ async fn exec_into_a_pod_alerts_exactly_once() {
         .expect("post");
     assert_eq!(resp.status(), 200);
     // Its event is recognised once its window is gone; give the pipeline time after that.
-    let late = wait_metric(&cfg, "korvid_enrich_late_events", "", 1.0, ALERT_WAIT).await;
+    let late = wait_metric(cfg, "korvid_enrich_late_events", "", 1.0, ALERT_WAIT).await;
     assert!(
         late >= 1.0,
         "the repeated event should be seen as late:\n{}",
-        _korvid.log_text()
+        s.korvid.log_text()
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
@@ -83,10 +81,8 @@ async fn exec_into_a_pod_alerts_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_batch_is_refused_dead_lettered_and_the_next_still_alerts() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let receiver = Receiver::start().await;
-    let cfg = KorvidConfig::new(dir.path(), &receiver.url);
-    let korvid = Korvid::start(&cfg).await;
+    let s = stack().await;
+    let (cfg, receiver) = (&s.cfg, &s.receiver);
     let client = http();
 
     let broken = r#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{"auditID":"x""#;
@@ -128,7 +124,7 @@ async fn malformed_batch_is_refused_dead_lettered_and_the_next_still_alerts() {
     assert_eq!(dl.error_kind, "invalid_json");
     assert_eq!(dl.cluster.as_deref(), Some("e2e"));
     assert!(letters.iter().any(|d| d.error_kind == "wrong_kind"));
-    let dead = metric(&cfg, "korvid_deadletters", "invalid_json").await;
+    let dead = metric(cfg, "korvid_deadletters", "invalid_json").await;
     assert!(dead >= 1.0, "dead letters are counted in metrics");
 
     let good = exec_batch("e2e-exec-2", "billing", "api-0", "eve", now_ms());
@@ -144,7 +140,7 @@ async fn malformed_batch_is_refused_dead_lettered_and_the_next_still_alerts() {
         got.len(),
         1,
         "the next good batch alerts:\n{}",
-        korvid.log_text()
+        s.korvid.log_text()
     );
     assert_eq!(got[0].body["alert"]["subject"]["name"], "api-0");
 }
@@ -223,10 +219,8 @@ async fn sigterm_drains_and_a_restart_does_not_renotify() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_stage_dead_letters_what_it_cannot_read_and_keeps_going() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let receiver = Receiver::start().await;
-    let cfg = KorvidConfig::new(dir.path(), &receiver.url);
-    let korvid = Korvid::start(&cfg).await;
+    let s = stack().await;
+    let (cfg, receiver) = (&s.cfg, &s.receiver);
     let garbage: &[(&str, &str, &[u8])] = &[
         (
             "korvid.k8s.audit.v1",
@@ -266,7 +260,7 @@ async fn every_stage_dead_letters_what_it_cannot_read_and_keeps_going() {
             .unwrap_or_else(|| {
                 panic!(
                     "{stage} did not dead-letter: {letters:?}\n{}",
-                    korvid.log_text()
+                    s.korvid.log_text()
                 )
             });
         assert_eq!(dl.source_topic.as_deref(), Some(*topic));
@@ -277,18 +271,12 @@ async fn every_stage_dead_letters_what_it_cannot_read_and_keeps_going() {
 
     // Still alive: a good batch still alerts.
     let good = exec_batch("e2e-exec-4", "after", "garbage-0", "oscar", now_ms());
-    let resp = http()
-        .post(cfg.webhook_url())
-        .body(good)
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(resp.status(), 200);
+    post_ok(&cfg.webhook_url(), good).await;
     assert_eq!(
         receiver.wait_for(1, ALERT_WAIT).await.len(),
         1,
         "{}",
-        korvid.log_text()
+        s.korvid.log_text()
     );
 }
 
@@ -311,13 +299,7 @@ async fn an_external_kafka_is_used_when_configured() {
     let cfg = KorvidConfig::with_kafka(dir.path(), &receiver.url, &external.bootstrap);
     let korvid = Korvid::start(&cfg).await;
     let batch = exec_batch("e2e-exec-5", "ext", "pod-0", "walter", now_ms());
-    let resp = http()
-        .post(cfg.webhook_url())
-        .body(batch)
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(resp.status(), 200);
+    post_ok(&cfg.webhook_url(), batch).await;
     assert_eq!(
         receiver.wait_for(1, ALERT_WAIT).await.len(),
         1,
@@ -530,10 +512,8 @@ async fn audit_log_files_are_tailed_across_rotation_and_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_scan_reports_become_image_scans_keyed_by_digest() {
     use korvid_schemas::ImageScan;
-    let dir = tempfile::tempdir().expect("tmp");
-    let receiver = Receiver::start().await;
-    let cfg = KorvidConfig::new(dir.path(), &receiver.url);
-    let _korvid = Korvid::start(&cfg).await;
+    let s = stack().await;
+    let cfg = &s.cfg;
     let url = cfg.webhook_url().replace("/audit/webhook", "/scans");
     let digest = "sha256:5d2b1c0d4f0e9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b";
     let grype = serde_json::json!({
@@ -566,7 +546,7 @@ async fn image_scan_reports_become_image_scans_keyed_by_digest() {
     assert_eq!(scans[0].image_digest, digest);
     assert_eq!(scans[0].registry, "registry.example.com");
     assert_eq!(scans[0].vulnerabilities[0].id, "CVE-2024-3094");
-    assert!(metric(&cfg, "korvid_deadletters", "ingest.scans").await >= 1.0);
+    assert!(metric(cfg, "korvid_deadletters", "ingest.scans").await >= 1.0);
 }
 
 #[test]

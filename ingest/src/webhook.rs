@@ -296,14 +296,7 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
 #[tracing::instrument(name = "ingest.audit_batch", skip_all, fields(bytes = body.len()))]
 async fn receive(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
     let Ok(_permit) = s.permits.clone().try_acquire_owned() else {
-        count(&s, "throttled");
-        let mut resp = json_response(
-            StatusCode::TOO_MANY_REQUESTS,
-            serde_json::json!({"error": "ingest is at capacity; retry shortly"}),
-        );
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return resp;
+        return busy(&s);
     };
     let batch = match parse_body(&body, &s.cluster, &s.sanitizer) {
         Ok(b) => b,
@@ -379,14 +372,7 @@ async fn receive(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
 #[tracing::instrument(name = "ingest.scan", skip_all, fields(bytes = body.len()))]
 async fn receive_scan(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
     let Ok(_permit) = s.permits.clone().try_acquire_owned() else {
-        count(&s, "throttled");
-        let mut resp = json_response(
-            StatusCode::TOO_MANY_REQUESTS,
-            serde_json::json!({"error": "ingest is at capacity; retry shortly"}),
-        );
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return resp;
+        return busy(&s);
     };
     match crate::scans::parse_scan(&body, &s.cluster, korvid_common::now_millis()) {
         Ok(scan) => match s
@@ -426,6 +412,18 @@ async fn receive_scan(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
             )
         }
     }
+}
+
+/// The 429 with Retry-After sent when `max_in_flight` requests are being handled.
+fn busy(s: &Shared) -> Response {
+    count(s, "throttled");
+    let mut resp = json_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        serde_json::json!({"error": "ingest is at capacity; retry shortly"}),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
 }
 
 /// Refuses requests without the configured bearer token (401, nothing else is read).

@@ -269,6 +269,36 @@ impl Drop for Korvid {
     }
 }
 
+/// A running korvid with a webhook receiver, in its own directory.
+/// Field order is drop order: korvid stops before its directory goes.
+pub struct Stack {
+    pub korvid: Korvid,
+    pub cfg: KorvidConfig,
+    pub receiver: Receiver,
+    pub dir: tempfile::TempDir,
+}
+
+/// Starts a receiver and `korvid up` with the default test configuration.
+pub async fn stack() -> Stack {
+    let dir = tempfile::tempdir().expect("tmp");
+    let receiver = Receiver::start().await;
+    let cfg = KorvidConfig::new(dir.path(), &receiver.url);
+    let korvid = Korvid::start(&cfg).await;
+    Stack {
+        korvid,
+        cfg,
+        receiver,
+        dir,
+    }
+}
+
+/// POSTs `body` to `url` and expects 200.
+pub async fn post_ok(url: &str, body: String) {
+    let resp = http().post(url).body(body).send().await.expect("post");
+    let status = resp.status();
+    assert_eq!(status, 200, "{}", resp.text().await.unwrap_or_default());
+}
+
 /// An HTTP client (plain HTTP; the TLS provider is installed for reqwest's sake).
 pub fn http() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
