@@ -467,7 +467,7 @@ async fn audit_log_files_are_tailed_across_rotation_and_restart() {
     let mut first = Korvid::start(&cfg).await;
     // A pretty-printed event counts as much as a line, and garbage is skipped to the next line.
     let pretty: serde_json::Value =
-        serde_json::from_str(&exec_log_line("log-1", "logs", "pod-a", "lena", now_ms()))
+        serde_json::from_str(&exec_log_line("log-1", "logs-a", "pod-a", "lena", now_ms()))
             .expect("json");
     append(format!("{pretty:#}\nthis line is not JSON\n"));
     assert_eq!(
@@ -477,9 +477,10 @@ async fn audit_log_files_are_tailed_across_rotation_and_restart() {
         first.log_text()
     );
 
-    // Rotation: the file is renamed and a new one starts.
+    // Rotation: the file is renamed and a new one starts. (Each event uses its own namespace:
+    // a second event for an already-published window of the same key would be late.)
     std::fs::rename(&log, dir.path().join("audit.log.1")).expect("rotate");
-    append(exec_log_line("log-2", "logs", "pod-b", "lena", now_ms()));
+    append(exec_log_line("log-2", "logs-b", "pod-b", "lena", now_ms()));
     assert_eq!(
         receiver.wait_for(2, ALERT_WAIT).await.len(),
         2,
@@ -499,7 +500,7 @@ async fn audit_log_files_are_tailed_across_rotation_and_restart() {
         0.0,
         "checkpoint honoured"
     );
-    append(exec_log_line("log-3", "logs", "pod-c", "lena", now_ms()));
+    append(exec_log_line("log-3", "logs-c", "pod-c", "lena", now_ms()));
     let got = receiver.wait_for(3, ALERT_WAIT).await;
     assert_eq!(got.len(), 3, "{}", second.log_text());
     assert_eq!(got[2].body["alert"]["subject"]["name"], "pod-c");
