@@ -87,6 +87,14 @@ pub enum BrokerError {
         #[source]
         source: std::io::Error,
     },
+    /// Something already listens on the broker's address.
+    #[error(
+        "broker.listen {addr} is already in use (another korvid or broker?); stop it or choose another address"
+    )]
+    AddressInUse {
+        /// The address.
+        addr: String,
+    },
     /// The process started but exited early.
     #[error("the local broker exited during start-up ({status}); its log: {log}")]
     Exited {
@@ -158,6 +166,15 @@ impl LocalBroker {
     /// Starts tansu under `data_dir/broker`.
     pub async fn start(settings: &BrokerSettings, data_dir: &Path) -> Result<Self, BrokerError> {
         let binary = find_binary(settings)?;
+        // Otherwise the readiness probe below could mistake someone else's broker for ours.
+        if tokio::net::TcpStream::connect(&settings.listen)
+            .await
+            .is_ok()
+        {
+            return Err(BrokerError::AddressInUse {
+                addr: settings.listen.clone(),
+            });
+        }
         let dir = data_dir.join("broker");
         std::fs::create_dir_all(&dir).map_err(|source| BrokerError::DataDir {
             dir: dir.display().to_string(),

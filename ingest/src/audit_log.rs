@@ -22,8 +22,8 @@ use crate::sanitize::Sanitizer;
 use crate::settings::AuditLogSettings;
 
 const STAGE: &str = "ingest.audit_log";
-/// Bytes read per poll at most, so one huge file cannot starve the others.
-const READ_CHUNK: usize = 4 << 20;
+/// Bytes read at a time.
+const READ_CHUNK: usize = 256 << 10;
 
 /// Splits a byte stream into top-level JSON documents, keeping an incomplete tail for later.
 #[derive(Default)]
@@ -148,6 +148,7 @@ pub struct AuditLogTail {
     checkpoints: Checkpoints,
     splitter: DocumentSplitter,
     open: Option<Open>,
+    chunk: Vec<u8>,
     events: Counter,
     rotations: Counter,
 }
@@ -177,6 +178,7 @@ impl AuditLogTail {
             topic: ctx.kafka.topics.audit.clone(),
             splitter: DocumentSplitter::default(),
             open: None,
+            chunk: vec![0u8; READ_CHUNK],
             settings,
             sanitizer,
             producer,
@@ -274,8 +276,7 @@ impl AuditLogTail {
             let Some(open) = &mut self.open else {
                 return Ok(());
             };
-            let mut chunk = vec![0u8; READ_CHUNK];
-            let n = match open.file.read(&mut chunk) {
+            let n = match open.file.read(&mut self.chunk) {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::warn!(error = %e, "reading audit log failed; retrying next poll");
@@ -288,7 +289,7 @@ impl AuditLogTail {
             // Invariant: the splitter's buffered bytes start at `done_pos`.
             let base = open.done_pos;
             open.read_pos += n as u64;
-            let (pieces, next) = self.splitter.push(&chunk[..n], base);
+            let (pieces, next) = self.splitter.push(&self.chunk[..n], base);
             self.publish(pieces).await?;
             self.checkpoint(next);
         }
