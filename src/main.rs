@@ -45,6 +45,14 @@ enum Command {
     Detect,
     /// Deduplicate findings into alerts and deliver them (stdout, webhooks, Kafka).
     Notify,
+    /// Write a snapshot of cluster objects to Kafka: `kubectl get -A -o json` output, Lists, or
+    /// files and directories of YAML/JSON manifests (multi-document, Helm output included).
+    /// Exits 1 when some documents were refused (they go to the dead-letter topic).
+    Import {
+        /// Files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,7 +70,8 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-    let service = match cli.command {
+    let service = match &cli.command {
+        Command::Import { .. } => "import",
         Command::Up => "up",
         Command::Ingest => "ingest",
         Command::Enrich => "enrich",
@@ -89,7 +98,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(up::run(service, settings));
+    let result = match cli.command {
+        Command::Import { paths } => runtime.block_on(up::import(&paths, settings)),
+        _ => runtime.block_on(up::run(service, settings)),
+    };
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     drop(guard);
     match result {

@@ -133,6 +133,49 @@ pub async fn run(service: &str, settings: KorvidSettings) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// `korvid import`: writes a snapshot to the objects topic and prints what it did.
+pub async fn import(paths: &[std::path::PathBuf], settings: KorvidSettings) -> anyhow::Result<()> {
+    let Some(bootstrap) = settings.kafka.bootstrap_servers.clone() else {
+        bail!(
+            "kafka.bootstrap_servers (env KORVID__KAFKA__BOOTSTRAP_SERVERS) is required for \
+             `korvid import`; with `korvid up` running on the embedded broker, that is \
+             {}",
+            settings.broker.listen
+        );
+    };
+    let telemetry = Telemetry::new();
+    let kafka = KafkaContext::new(settings.kafka.clone(), bootstrap, &telemetry);
+    kafka.wait_for_broker(Duration::from_secs(30)).await?;
+    kafka.ensure_topics().await?;
+    let ctx = ServiceContext {
+        kafka,
+        telemetry,
+        shutdown: Shutdown::new(),
+        data_dir: settings.data_dir.clone(),
+    };
+    let sanitizer = korvid_ingest::sanitize::Sanitizer::for_settings(&settings.ingest);
+    let report =
+        korvid_ingest::snapshot::import(paths, &settings.ingest.cluster, &sanitizer, &ctx).await?;
+    for r in &report.refused {
+        eprintln!("refused {}: {} ({})", r.origin, r.reason, r.kind);
+    }
+    println!(
+        "imported {} objects from {} files into {}; {} documents refused",
+        report.objects,
+        report.files,
+        ctx.kafka.topics.objects,
+        report.refused.len()
+    );
+    if !report.refused.is_empty() {
+        bail!(
+            "{} documents refused (sent to {})",
+            report.refused.len(),
+            ctx.kafka.topics.deadletter
+        );
+    }
+    Ok(())
+}
+
 async fn err_str<E: std::fmt::Display>(
     fut: impl std::future::Future<Output = Result<(), E>>,
 ) -> Result<(), String> {

@@ -245,6 +245,39 @@ struct KafkaMetrics {
     produced: Family<Vec<(String, String)>, Counter>,
     produce_errors: Family<Vec<(String, String)>, Counter>,
     deadletters: Family<Vec<(String, String)>, Counter>,
+    /// Per-topic counters looked up without allocating: (produced, errors).
+    by_topic: Arc<std::sync::RwLock<std::collections::HashMap<String, (Counter, Counter)>>>,
+}
+
+impl KafkaMetrics {
+    fn topic_counters(&self, topic: &str) -> (Counter, Counter) {
+        if let Some(c) = self
+            .by_topic
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(topic)
+        {
+            return c.clone();
+        }
+        let label = vec![("topic".to_string(), topic.to_string())];
+        let pair = (
+            self.produced.get_or_create(&label).clone(),
+            self.produce_errors.get_or_create(&label).clone(),
+        );
+        self.by_topic
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(topic.to_string(), pair.clone());
+        pair
+    }
+
+    fn count_produced(&self, topic: &str) {
+        self.topic_counters(topic).0.inc();
+    }
+
+    fn count_produce_error(&self, topic: &str) {
+        self.topic_counters(topic).1.inc();
+    }
 }
 
 /// Kafka connection details shared by every service in the process.
@@ -293,6 +326,7 @@ impl KafkaContext {
                 "Inputs sent to the dead-letter topic, by stage and error kind",
                 Family::default(),
             ),
+            by_topic: Arc::default(),
         };
         KafkaContext {
             topics: Topics::new(&settings.topic_prefix),
@@ -584,26 +618,81 @@ impl RecordProducer {
         // Timeout::Never: a full local queue means wait (backpressure), never drop.
         match self.producer.send(record, Timeout::Never).await {
             Ok(d) => {
-                self.ctx
-                    .metrics
-                    .produced
-                    .get_or_create(&vec![("topic".into(), topic.to_string())])
-                    .inc();
+                self.ctx.metrics.count_produced(topic);
                 Ok(Delivered {
                     partition: d.partition,
                     offset: d.offset,
                 })
             }
             Err((e, _)) => {
-                self.ctx
-                    .metrics
-                    .produce_errors
-                    .get_or_create(&vec![("topic".into(), topic.to_string())])
-                    .inc();
+                self.ctx.metrics.count_produce_error(topic);
                 Err(KafkaClientError::Kafka {
                     op: "produce",
                     source: e,
                 })
+            }
+        }
+    }
+
+    /// Encodes a record and puts it on the producer's queue *now*, returning a handle that
+    /// resolves once Kafka acknowledged it.
+    ///
+    /// Unlike [`send`](Self::send), the record is queued when this returns, so records queued one
+    /// after another keep their order per partition while many are in flight; a full local queue
+    /// waits (backpressure), never drops.
+    pub async fn enqueue<R: Record>(
+        &self,
+        topic: &str,
+        key: &str,
+        record: &R,
+    ) -> Result<PendingDelivery, KafkaClientError> {
+        let framing = self.ctx.framing::<R>(topic).await?;
+        let bytes = encode(record, framing)?;
+        self.enqueue_bytes(topic, Some(key.as_bytes()), Some(&bytes))
+            .await
+    }
+
+    /// Queues a tombstone for `key`, like [`enqueue`](Self::enqueue).
+    pub async fn enqueue_tombstone(
+        &self,
+        topic: &str,
+        key: &str,
+    ) -> Result<PendingDelivery, KafkaClientError> {
+        self.enqueue_bytes(topic, Some(key.as_bytes()), None).await
+    }
+
+    async fn enqueue_bytes(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) -> Result<PendingDelivery, KafkaClientError> {
+        loop {
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
+            if let Some(k) = key {
+                record = record.key(k);
+            }
+            if let Some(p) = payload {
+                record = record.payload(p);
+            }
+            match self.producer.send_result(record) {
+                Ok(delivery) => {
+                    return Ok(PendingDelivery {
+                        delivery,
+                        topic: topic.to_string(),
+                        ctx: self.ctx.clone(),
+                    });
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => {
+                    self.ctx.metrics.count_produce_error(topic);
+                    return Err(KafkaClientError::Kafka {
+                        op: "produce",
+                        source: e,
+                    });
+                }
             }
         }
     }
@@ -614,6 +703,51 @@ impl RecordProducer {
     /// first, so timers and other tasks keep running. Needs the multi-threaded runtime.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaClientError> {
         tokio::task::block_in_place(|| self.producer.flush(timeout)).map_err(kafka("flush"))
+    }
+}
+
+/// A record on the producer's queue, not yet acknowledged.
+pub struct PendingDelivery {
+    delivery: rdkafka::producer::DeliveryFuture,
+    topic: String,
+    ctx: KafkaContext,
+}
+
+impl PendingDelivery {
+    /// Resolves once Kafka acknowledged the record (or gave up on it).
+    pub async fn acknowledged(self) -> Result<Delivered, KafkaClientError> {
+        let result = match self.delivery.await {
+            Ok(r) => r,
+            // The producer was dropped with the record still queued.
+            Err(_) => Err((
+                KafkaError::Canceled,
+                rdkafka::message::OwnedMessage::new(
+                    None,
+                    None,
+                    self.topic.clone(),
+                    rdkafka::Timestamp::NotAvailable,
+                    0,
+                    0,
+                    None,
+                ),
+            )),
+        };
+        match result {
+            Ok(d) => {
+                self.ctx.metrics.count_produced(&self.topic);
+                Ok(Delivered {
+                    partition: d.partition,
+                    offset: d.offset,
+                })
+            }
+            Err((e, _)) => {
+                self.ctx.metrics.count_produce_error(&self.topic);
+                Err(KafkaClientError::Kafka {
+                    op: "produce",
+                    source: e,
+                })
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use korvid_schemas::AuditEvent;
 use serde::Deserialize;
 
+use crate::managed;
 use crate::sanitize::Sanitizer;
 
 /// Why audit input was refused.
@@ -130,8 +131,12 @@ pub fn parse_value(
     cluster: &str,
     sanitizer: &Sanitizer,
 ) -> Result<ParsedBatch, AuditParseError> {
+    // Files may hold arrays of events, and managed services' exports (EKS, GKE, AKS).
     if allow_array && let serde_json::Value::Array(items) = envelope {
-        return Ok(parse_items(items, cluster, sanitizer));
+        return Ok(parse_file_items(items, cluster, sanitizer));
+    }
+    if allow_array && managed::detect(&envelope).is_some() {
+        return Ok(parse_file_items(vec![envelope], cluster, sanitizer));
     }
     let text = |v: &serde_json::Value, key: &str| {
         v.get(key)
@@ -167,6 +172,48 @@ pub fn parse_value(
         _ => return Err(AuditParseError::WrongKind { kind, api_version }),
     };
     Ok(parse_items(items, cluster, sanitizer))
+}
+
+/// Items of a file document: Kubernetes events, or managed-service entries unwrapped first.
+fn parse_file_items(
+    items: Vec<serde_json::Value>,
+    cluster: &str,
+    sanitizer: &Sanitizer,
+) -> ParsedBatch {
+    let mut events = Vec::with_capacity(items.len());
+    let mut refused = Vec::new();
+    for item in items {
+        match managed::detect(&item) {
+            Some(export) => {
+                let u = managed::unwrap(export, item);
+                events.extend(u.events);
+                refused.extend(u.refused);
+            }
+            None => events.push(item),
+        }
+    }
+    let mut batch = parse_items(events, cluster, sanitizer);
+    for (reason, entry) in refused {
+        // The audit event is JSON inside a string here; redact that text itself.
+        let inner = ["/message", "/properties/log"]
+            .iter()
+            .find_map(|p| entry.pointer(p).and_then(serde_json::Value::as_str));
+        let raw = match inner {
+            Some(text) => sanitizer.sanitize_rejected_body(text.as_bytes()),
+            None => {
+                sanitizer.sanitize_rejected_body(&serde_json::to_vec(&entry).unwrap_or_default())
+            }
+        };
+        batch.rejected.push((
+            AuditParseError::InvalidEvent {
+                index: batch.events.len() + batch.rejected.len(),
+                audit_id: "<none>".into(),
+                reason,
+            },
+            raw,
+        ));
+    }
+    batch
 }
 
 fn parse_items(items: Vec<serde_json::Value>, cluster: &str, sanitizer: &Sanitizer) -> ParsedBatch {

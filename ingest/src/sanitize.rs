@@ -58,6 +58,19 @@ impl Sanitizer {
         Sanitizer { key: key.to_vec() }
     }
 
+    /// The sanitizer `[ingest]` asks for: keyed by `redaction_key`, else random per process.
+    pub fn for_settings(settings: &crate::IngestSettings) -> Self {
+        match &settings.redaction_key {
+            Some(k) => Sanitizer::new(k.as_bytes()),
+            None => {
+                tracing::warn!(
+                    "ingest.redaction_key is not set: secret hashes are keyed per process and will not match across restarts"
+                );
+                Sanitizer::random()
+            }
+        }
+    }
+
     /// `hmac-sha256:<hex>` of a value.
     pub fn hash(&self, value: &str) -> String {
         // HMAC accepts keys of any length, so this cannot fail.
@@ -151,7 +164,31 @@ impl Sanitizer {
             let v = self.sanitize_audit_json(self.sanitize_object(None, v));
             return serde_json::to_vec(&v).unwrap_or_default();
         }
-        redact_text(body)
+        redact_text(body, TEXT_SECRET_KEYS)
+    }
+
+    /// Sanitises a scanner report that was refused: Trivy's secret scanner puts the secrets it
+    /// found (`Secrets[].Match`, `Code.Lines[].Content`) into the report, so those go.
+    pub fn sanitize_scan_report(&self, body: &[u8]) -> Vec<u8> {
+        fn drop_secret_findings(v: &mut Value) {
+            match v {
+                Value::Object(map) => {
+                    for key in SCAN_SECRET_KEYS {
+                        map.remove(*key);
+                    }
+                    map.values_mut().for_each(drop_secret_findings);
+                }
+                Value::Array(items) => items.iter_mut().for_each(drop_secret_findings),
+                _ => {}
+            }
+        }
+        match serde_json::from_slice::<Value>(body) {
+            Ok(mut v) => {
+                drop_secret_findings(&mut v);
+                serde_json::to_vec(&v).unwrap_or_default()
+            }
+            Err(_) => redact_text(body, SCAN_SECRET_KEYS_QUOTED),
+        }
     }
 
     /// Walks any object: env values, last-applied annotations, nested secrets (e.g. in lists).
@@ -192,6 +229,16 @@ impl Sanitizer {
     }
 }
 
+/// Keys of secret findings in scanner reports.
+const SCAN_SECRET_KEYS: &[&str] = &["Secrets", "Match", "Code", "Content", "Highlighted"];
+const SCAN_SECRET_KEYS_QUOTED: &[&str] = &[
+    "\"Secrets\"",
+    "\"Match\"",
+    "\"Code\"",
+    "\"Content\"",
+    "\"Highlighted\"",
+];
+
 /// Keys whose values are blanked in text that is not valid JSON.
 const TEXT_SECRET_KEYS: &[&str] = &[
     "\"data\"",
@@ -205,11 +252,11 @@ const REDACTED: &[u8] = b"\"<redacted>\"";
 
 /// Blanks the value after each secret-bearing key: an object or array up to its matching
 /// bracket, a string up to its closing quote, or everything to the end when the text is cut.
-fn redact_text(body: &[u8]) -> Vec<u8> {
+fn redact_text(body: &[u8], keys: &[&str]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len());
     let mut i = 0;
     'scan: while i < body.len() {
-        for key in TEXT_SECRET_KEYS {
+        for key in keys {
             let k = key.as_bytes();
             if body[i..].starts_with(k) {
                 out.extend_from_slice(k);

@@ -1,7 +1,7 @@
 //! Image-scan reports: Trivy (`trivy image -f json`) and Grype (`grype -o json`) normalised into
 //! one ImageScan per image, keyed by digest on a compacted topic.
 
-use korvid_schemas::{ImageScan, Severity, Vulnerability};
+use korvid_schemas::{ImageScan, Severity, SeverityCounts, Vulnerability};
 use serde::Deserialize;
 
 /// Why a report was refused.
@@ -49,6 +49,33 @@ pub fn parse_scan(body: &[u8], cluster: &str, now_ms: i64) -> Result<ImageScan, 
 /// Maps scanner severities (any case) onto ours; unknown and negligible count as low.
 fn severity(s: &str) -> Severity {
     Severity::parse(s).unwrap_or(Severity::Low)
+}
+
+/// Adds one vulnerability, by the severity the scanner gave it, to `counts`.
+fn tally(counts: &mut SeverityCounts, raw: &str) {
+    let slot = match raw.to_ascii_lowercase().as_str() {
+        "critical" => &mut counts.critical,
+        "high" => &mut counts.high,
+        "medium" => &mut counts.medium,
+        "low" => &mut counts.low,
+        _ => &mut counts.unknown,
+    };
+    *slot = slot.saturating_add(1);
+}
+
+/// Converts a Trivy Operator `VulnerabilityReport` object (aquasecurity.github.io) into an
+/// ImageScan.
+pub fn vulnerability_report(
+    object: &serde_json::Value,
+    cluster: &str,
+    now_ms: i64,
+) -> Result<ImageScan, ScanParseError> {
+    let report = object.get("report").ok_or_else(|| {
+        ScanParseError::Format("a VulnerabilityReport needs a `report` object".into())
+    })?;
+    let r: operator::Report = serde_json::from_value(report.clone())
+        .map_err(|e| ScanParseError::Format(format!("VulnerabilityReport: {e}")))?;
+    r.into_scan(cluster, now_ms)
 }
 
 /// The digest part of `repo@sha256:...`, or the string itself when it is a bare digest.
@@ -156,10 +183,12 @@ mod trivy {
                 .or_else(|| self.metadata.image_id.as_deref().and_then(digest_of))
                 .ok_or(ScanParseError::NoDigest)?;
             let (registry, repository, tag) = split_reference(&self.artifact_name);
+            let mut counts = SeverityCounts::default();
             let vulnerabilities = self
                 .results
                 .into_iter()
                 .flat_map(|r| r.vulnerabilities)
+                .inspect(|v| tally(&mut counts, &v.severity))
                 .map(|v| Vulnerability {
                     severity: severity(&v.severity),
                     cvss: v
@@ -187,6 +216,7 @@ mod trivy {
                 scanner_version: self.trivy.and_then(|t| t.version),
                 os_family: self.metadata.os.and_then(|o| o.family),
                 vulnerabilities,
+                counts,
             })
         }
     }
@@ -281,9 +311,11 @@ mod grype {
                 .or_else(|| t.manifest_digest.as_deref().and_then(digest_of))
                 .ok_or(ScanParseError::NoDigest)?;
             let (registry, repository, tag) = split_reference(&t.user_input);
+            let mut counts = SeverityCounts::default();
             let vulnerabilities = self
                 .matches
                 .into_iter()
+                .inspect(|m| tally(&mut counts, &m.vulnerability.severity))
                 .map(|m| Vulnerability {
                     severity: severity(&m.vulnerability.severity),
                     cvss: m
@@ -315,6 +347,150 @@ mod grype {
                 scanner_version: self.descriptor.and_then(|d| d.version),
                 os_family: self.distro.and_then(|d| d.name),
                 vulnerabilities,
+                counts,
+            })
+        }
+    }
+}
+
+mod operator {
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Report {
+        #[serde(default)]
+        scanner: Scanner,
+        #[serde(default)]
+        registry: Registry,
+        artifact: Artifact,
+        os: Option<Os>,
+        summary: Option<Summary>,
+        #[serde(default)]
+        vulnerabilities: Vec<Vuln>,
+        update_timestamp: Option<String>,
+    }
+
+    #[derive(Deserialize, Default)]
+    struct Scanner {
+        version: Option<String>,
+    }
+
+    #[derive(Deserialize, Default)]
+    struct Registry {
+        #[serde(default)]
+        server: String,
+    }
+
+    #[derive(Deserialize)]
+    struct Artifact {
+        #[serde(default)]
+        repository: String,
+        tag: Option<String>,
+        digest: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    struct Os {
+        family: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Summary {
+        #[serde(default)]
+        critical_count: i32,
+        #[serde(default)]
+        high_count: i32,
+        #[serde(default)]
+        medium_count: i32,
+        #[serde(default)]
+        low_count: i32,
+        #[serde(default)]
+        unknown_count: i32,
+        #[serde(default)]
+        none_count: i32,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Vuln {
+        #[serde(rename = "vulnerabilityID")]
+        id: String,
+        #[serde(default)]
+        resource: String,
+        #[serde(default)]
+        installed_version: String,
+        fixed_version: Option<String>,
+        #[serde(default)]
+        severity: String,
+        score: Option<f64>,
+        title: Option<String>,
+    }
+
+    impl Report {
+        pub fn into_scan(self, cluster: &str, now_ms: i64) -> Result<ImageScan, ScanParseError> {
+            let digest = self
+                .artifact
+                .digest
+                .as_deref()
+                .and_then(digest_of)
+                .ok_or(ScanParseError::NoDigest)?;
+            // Trivy Operator reports Docker Hub as `index.docker.io`.
+            let registry = match self.registry.server.as_str() {
+                "" | "index.docker.io" | "registry-1.docker.io" => "docker.io".to_string(),
+                other => other.to_string(),
+            };
+            let tag = self.artifact.tag.filter(|t| !t.is_empty());
+            let image_ref = match &tag {
+                Some(t) => format!("{registry}/{}:{t}", self.artifact.repository),
+                None => format!("{registry}/{}@{digest}", self.artifact.repository),
+            };
+            let mut tallied = SeverityCounts::default();
+            let vulnerabilities: Vec<Vulnerability> = self
+                .vulnerabilities
+                .into_iter()
+                .inspect(|v| tally(&mut tallied, &v.severity))
+                .map(|v| Vulnerability {
+                    severity: severity(&v.severity),
+                    cvss: v.score,
+                    id: v.id,
+                    package: v.resource,
+                    installed_version: v.installed_version,
+                    fixed_version: v.fixed_version.filter(|f| !f.is_empty()),
+                    title: v.title,
+                    known_exploited: false,
+                })
+                .collect();
+            // The summary counts everything even when the list was trimmed (reportTTL, size).
+            let counts = match self.summary {
+                Some(s) => SeverityCounts {
+                    critical: s.critical_count,
+                    high: s.high_count,
+                    medium: s.medium_count,
+                    low: s.low_count,
+                    unknown: s.unknown_count.saturating_add(s.none_count),
+                },
+                None => tallied,
+            };
+            let event_time = self
+                .update_timestamp
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map_or(now_ms, |t| t.timestamp_millis());
+            Ok(ImageScan {
+                cluster: cluster.to_string(),
+                event_time,
+                image_digest: digest,
+                image_ref,
+                registry,
+                repository: self.artifact.repository,
+                tag,
+                scanner: "trivy-operator".into(),
+                scanner_version: self.scanner.version,
+                os_family: self.os.and_then(|o| o.family),
+                vulnerabilities,
+                counts,
             })
         }
     }

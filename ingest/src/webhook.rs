@@ -43,6 +43,9 @@ pub enum IngestError {
     /// The server failed.
     #[error("audit webhook server failed: {0}")]
     Serve(std::io::Error),
+    /// The Kubernetes API client could not be set up.
+    #[error("ingest.kubernetes: {0}")]
+    Kubernetes(String),
     /// TLS or the token could not be loaded.
     #[error("ingest.audit_webhook: {0}")]
     Security(String),
@@ -148,8 +151,15 @@ impl AuditWebhook {
 /// Runs ingest until shutdown: the audit webhook (unless disabled) and a tail per audit log.
 pub async fn run(settings: IngestSettings, ctx: ServiceContext) -> Result<(), IngestError> {
     ctx.telemetry.declare(COMPONENT);
-    let sanitizer = sanitizer_for(&settings);
-    let tails = start_tails(&settings, &ctx, &sanitizer)?;
+    let sanitizer = Sanitizer::for_settings(&settings);
+    let mut tails = start_tails(&settings, &ctx, &sanitizer)?;
+    tails.extend(start_scan_dirs(&settings, &ctx, &sanitizer)?);
+    if settings.kubernetes.enabled {
+        tails.extend(
+            crate::kube_watch::start(&settings.kubernetes, &settings.cluster, &sanitizer, &ctx)
+                .await?,
+        );
+    }
     if !settings.audit_webhook.enabled {
         tracing::info!("audit webhook disabled (ingest.audit_webhook.enabled = false)");
         ctx.telemetry.set_ready(COMPONENT, true);
@@ -200,6 +210,37 @@ fn start_tails(
         .collect())
 }
 
+fn start_scan_dirs(
+    settings: &IngestSettings,
+    ctx: &ServiceContext,
+    sanitizer: &Sanitizer,
+) -> Result<Vec<TailTask>, IngestError> {
+    if settings.scan_dirs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let producer = ctx.kafka.producer()?;
+    let results: Family<Vec<(String, String)>, Counter> = ctx.telemetry.register(
+        "ingest_scan_dir_reports",
+        "Scan reports read from watched directories, by result",
+        Family::default(),
+    );
+    Ok(settings
+        .scan_dirs
+        .iter()
+        .map(|d| {
+            let dir = crate::scan_dir::ScanDir::new(
+                d.clone(),
+                &settings.cluster,
+                producer.clone(),
+                sanitizer.clone(),
+                ctx,
+                results.clone(),
+            );
+            tokio::spawn(dir.run(ctx.clone()))
+        })
+        .collect())
+}
+
 async fn join_tails(tails: Vec<TailTask>) -> Result<(), IngestError> {
     for t in tails {
         match t.await {
@@ -208,18 +249,6 @@ async fn join_tails(tails: Vec<TailTask>) -> Result<(), IngestError> {
         }
     }
     Ok(())
-}
-
-fn sanitizer_for(settings: &IngestSettings) -> Sanitizer {
-    match &settings.redaction_key {
-        Some(k) => Sanitizer::new(k.as_bytes()),
-        None => {
-            tracing::warn!(
-                "ingest.redaction_key is not set: secret hashes are keyed per process and will not match across restarts"
-            );
-            Sanitizer::random()
-        }
-    }
 }
 
 /// Serves the audit webhook until shutdown, then flushes its producer.
@@ -400,7 +429,13 @@ async fn receive_scan(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
             };
             if let Err(dl) = s
                 .dead_letters
-                .send("ingest.scans", e.kind(), &e.to_string(), &body, source)
+                .send(
+                    "ingest.scans",
+                    e.kind(),
+                    &e.to_string(),
+                    &s.sanitizer.sanitize_scan_report(&body),
+                    source,
+                )
                 .await
             {
                 return unavailable(&dl);

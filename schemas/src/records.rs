@@ -234,6 +234,27 @@ pub struct ImageScan {
     pub os_family: Option<String>,
     /// Every vulnerability found.
     pub vulnerabilities: Vec<Vulnerability>,
+    /// Vulnerabilities by severity as the scanner reported it (`unknown` and negligible ones,
+    /// filed as low in `vulnerabilities`, are counted apart here).
+    #[avro(default = r#"{"critical": 0, "high": 0, "medium": 0, "low": 0, "unknown": 0}"#)]
+    #[serde(default)]
+    pub counts: SeverityCounts,
+}
+
+/// Vulnerability counts of one image by severity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.korvid.v1")]
+pub struct SeverityCounts {
+    /// Critical.
+    pub critical: i32,
+    /// High.
+    pub high: i32,
+    /// Medium.
+    pub medium: i32,
+    /// Low.
+    pub low: i32,
+    /// Unknown, negligible or unrated.
+    pub unknown: i32,
 }
 
 /// Whether a window holds changes or the whole inventory.

@@ -116,6 +116,10 @@ fn samples() -> (
         scanner: "trivy".into(),
         scanner_version: None,
         os_family: Some("debian".into()),
+        counts: SeverityCounts {
+            critical: 1,
+            ..Default::default()
+        },
         vulnerabilities: vec![Vulnerability {
             id: "CVE-2024-1".into(),
             severity: Severity::Critical,

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod kube_api;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -511,8 +513,17 @@ pub async fn produce_raw(bootstrap: &str, topic: &str, key: &str, value: &[u8]) 
         .expect("produce");
 }
 
-/// Every value currently in `topic`, read from the beginning.
+/// Every value currently in `topic`, read from the beginning (tombstones left out).
 pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Vec<u8>> {
+    read_records(bootstrap, topic)
+        .into_iter()
+        .filter_map(|(_, v)| v)
+        .collect()
+}
+
+/// Every (key, value) currently in `topic`, read from the beginning; `None` values are
+/// tombstones. Order is per partition.
+pub fn read_records(bootstrap: &str, topic: &str) -> Vec<(String, Option<Vec<u8>>)> {
     use rdkafka::config::ClientConfig;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
@@ -548,9 +559,11 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Vec<u8>> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !highs.is_empty() && Instant::now() < deadline {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            if let Some(p) = m.payload() {
-                out.push(p.to_vec());
-            }
+            let key = m
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default();
+            out.push((key, m.payload().map(<[u8]>::to_vec)));
             highs.retain(|(part, high)| !(*part == m.partition() && m.offset() + 1 >= *high));
         }
     }

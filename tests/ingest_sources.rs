@@ -1,0 +1,360 @@
+//! Every ingest source on the real broker: Kubernetes list/watch (against a server speaking the
+//! protocol), snapshot import, watched scan directories, and the promise that planted secrets
+//! never reach any topic.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use korvid_schemas::{Decoder, ImageScan, KubeEvent, ObjectChange, ObjectOp};
+use serde_json::{Value, json};
+use support::kube_api::{FakeApiServer, Script, bookmark, event, gone};
+use support::*;
+
+const PODS: &str = "/api/v1/pods";
+const SECRETS: &str = "/api/v1/secrets";
+const EVENTS: &str = "/api/v1/events";
+const BINDINGS: &str = "/apis/rbac.authorization.k8s.io/v1/rolebindings";
+const REPORTS: &str = "/apis/aquasecurity.github.io/v1alpha1/vulnerabilityreports";
+const PLANT: &str = "PLANTED-s3cr3t-9d1e7c";
+
+fn b64(s: &str) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for chunk in b.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &x)| acc | (u32::from(x) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A pod as a list item (no kind/apiVersion, as the API server sends them).
+fn pod(name: &str, uid: &str, rv: &str, app: &str) -> Value {
+    json!({"metadata": {"name": name, "namespace": "shop", "uid": uid, "resourceVersion": rv,
+            "labels": {"app": app}, "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+            "annotations": {"kubectl.kubernetes.io/last-applied-configuration":
+                format!("{{\"env\":[{{\"name\":\"DB\",\"value\":\"{PLANT}\"}}]}}")}},
+           "spec": {"serviceAccountName": "web", "containers": [{"name": "web", "image": "nginx:1.25",
+             "env": [{"name": "DB_PASSWORD", "value": PLANT}]}]}})
+}
+
+fn typed(mut v: Value, api_version: &str, kind: &str) -> Value {
+    v["apiVersion"] = api_version.into();
+    v["kind"] = kind.into();
+    v
+}
+
+fn scripts() -> HashMap<String, Script> {
+    let mut s = HashMap::new();
+    s.insert(
+        PODS.to_string(),
+        Script {
+            lists: vec![
+                (
+                    "100".into(),
+                    vec![
+                        pod("a", "uid-a", "90", "web"),
+                        pod("b", "uid-b", "95", "web"),
+                    ],
+                ),
+                // After 410 Gone: c was deleted while the watch was down, d appeared.
+                (
+                    "200".into(),
+                    vec![
+                        pod("a", "uid-a", "102", "web-v2"),
+                        pod("d", "uid-d", "150", "web"),
+                    ],
+                ),
+            ],
+            watches: vec![
+                vec![
+                    event("ADDED", typed(pod("c", "uid-c", "101", "web"), "v1", "Pod")),
+                    event(
+                        "MODIFIED",
+                        typed(pod("a", "uid-a", "102", "web-v2"), "v1", "Pod"),
+                    ),
+                    bookmark("v1", "Pod", "103"),
+                    event(
+                        "DELETED",
+                        typed(pod("b", "uid-b", "104", "web"), "v1", "Pod"),
+                    ),
+                    gone(),
+                ],
+                vec![bookmark("v1", "Pod", "201")],
+            ],
+        },
+    );
+    s.insert(
+        SECRETS.to_string(),
+        Script {
+            lists: vec![(
+                "10".into(),
+                vec![
+                    json!({"metadata": {"name": "db", "namespace": "shop", "uid": "uid-s"},
+                    "type": "Opaque", "data": {"password": b64(PLANT)}}),
+                ],
+            )],
+            watches: vec![vec![]],
+        },
+    );
+    s.insert(
+        BINDINGS.to_string(),
+        Script {
+            lists: vec![(
+                "10".into(),
+                vec![json!({"metadata": {"name": "ops-admin", "namespace": "shop", "uid": "uid-rb"},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+                    "subjects": [{"kind": "User", "name": "ops"}]})],
+            )],
+            watches: vec![vec![event(
+                "DELETED",
+                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                    "metadata": {"name": "ops-admin", "namespace": "shop", "uid": "uid-rb", "resourceVersion": "11"},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"}}),
+            )]],
+        },
+    );
+    s.insert(
+        EVENTS.to_string(),
+        Script {
+            lists: vec![(
+                "10".into(),
+                vec![json!({"metadata": {"name": "web.1", "namespace": "shop", "uid": "uid-ev"},
+                    "involvedObject": {"kind": "Pod", "name": "a", "namespace": "shop", "uid": "uid-a"},
+                    "reason": "BackOff", "message": "Back-off restarting failed container", "type": "Warning",
+                    "count": 4, "lastTimestamp": "2026-11-27T01:00:00Z", "source": {"component": "kubelet"}})],
+            )],
+            watches: vec![vec![]],
+        },
+    );
+    s.insert(
+        REPORTS.to_string(),
+        Script {
+            lists: vec![(
+                "10".into(),
+                vec![json!({"metadata": {"name": "replicaset-web-web", "namespace": "shop", "uid": "uid-vr",
+                        "labels": {"trivy-operator.resource.kind": "ReplicaSet"}},
+                    "report": {"updateTimestamp": "2026-11-27T00:30:00Z",
+                        "scanner": {"name": "Trivy", "vendor": "Aqua Security", "version": "0.58.0"},
+                        "registry": {"server": "index.docker.io"},
+                        "artifact": {"repository": "library/nginx", "tag": "1.25",
+                            "digest": "sha256:4c0fdaa8b6341bfdeca5f18f7837462c80cff90527ee35ef185571e1c327beac"},
+                        "os": {"family": "debian"},
+                        "summary": {"criticalCount": 1, "highCount": 2, "mediumCount": 0, "lowCount": 5, "unknownCount": 1},
+                        "vulnerabilities": [{"vulnerabilityID": "CVE-2023-44487", "resource": "libnghttp2-14",
+                            "installedVersion": "1.52.0-1", "fixedVersion": "1.52.0-1+deb12u1", "severity": "HIGH",
+                            "score": 7.5, "title": "HTTP/2 Rapid Reset"}]}})],
+            )],
+            watches: vec![vec![]],
+        },
+    );
+    s
+}
+
+fn decode_changes(records: &[(String, Option<Vec<u8>>)]) -> Vec<(String, Option<ObjectChange>)> {
+    records
+        .iter()
+        .map(|(k, v)| {
+            let change = v.as_ref().map(|b| {
+                Decoder::<ObjectChange>::new()
+                    .decode(b)
+                    .expect("an ObjectChange")
+            });
+            (k.clone(), change)
+        })
+        .collect()
+}
+
+/// (op, resourceVersion) per record for `key`, `None` for a tombstone.
+fn history(
+    changes: &[(String, Option<ObjectChange>)],
+    key: &str,
+) -> Vec<Option<(ObjectOp, Option<String>)>> {
+    changes
+        .iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, c)| c.as_ref().map(|c| (c.op, c.resource_version.clone())))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_watchers_keep_adds_updates_deletes_and_relists() {
+    let api = FakeApiServer::start(scripts()).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let receiver = Receiver::start().await;
+    api.write_kubeconfig(&dir.path().join("kubeconfig"));
+    let cfg = KorvidConfig::new(dir.path(), &receiver.url).with_extra(&format!(
+        r#"[ingest.kubernetes]
+enabled = true
+kubeconfig = "{dir}/kubeconfig"
+kinds = ["v1/Pod", "v1/Secret", "v1/Event", "rbac.authorization.k8s.io/v1/RoleBinding",
+         "aquasecurity.github.io/v1alpha1/VulnerabilityReport", "example.com/v1/Widget"]
+"#,
+        dir = dir.path().display()
+    ));
+    // Ready means every kind was listed once, the unserved Widget included.
+    let korvid = Korvid::start(&cfg).await;
+    let vanished = wait_metric(
+        &cfg,
+        "korvid_ingest_kube_watch_events",
+        "kind=\"Pod\",op=\"vanished\"",
+        1.0,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        vanished,
+        1.0,
+        "pod c vanished during the re-list:\n{}",
+        korvid.log_text()
+    );
+    wait_metric(
+        &cfg,
+        "korvid_ingest_kube_watch_events",
+        "kind=\"RoleBinding\",op=\"delete\"",
+        1.0,
+        Duration::from_secs(10),
+    )
+    .await;
+
+    let changes = decode_changes(&read_records(&cfg.bootstrap(), "korvid.k8s.objects.v1"));
+    let snap = |rv: &str| Some((ObjectOp::Snapshot, Some(rv.to_string())));
+    assert_eq!(
+        history(&changes, "e2e/uid-a"),
+        vec![
+            snap("90"),
+            Some((ObjectOp::Upsert, Some("102".into()))),
+            snap("102")
+        ]
+    );
+    assert_eq!(
+        history(&changes, "e2e/uid-b"),
+        vec![
+            snap("95"),
+            Some((ObjectOp::Delete, Some("104".into()))),
+            None
+        ],
+        "a delete is followed by a tombstone"
+    );
+    assert_eq!(
+        history(&changes, "e2e/uid-c"),
+        vec![
+            Some((ObjectOp::Upsert, Some("101".into()))),
+            Some((ObjectOp::Delete, None)),
+            None
+        ],
+        "an object gone during the re-list is deleted"
+    );
+    assert_eq!(history(&changes, "e2e/uid-d"), vec![snap("150")]);
+    let rb_ops: Vec<Option<ObjectOp>> = history(&changes, "e2e/uid-rb")
+        .into_iter()
+        .map(|h| h.map(|(op, _)| op))
+        .collect();
+    assert_eq!(
+        rb_ops,
+        vec![Some(ObjectOp::Snapshot), Some(ObjectOp::Delete), None],
+        "binding deletions are kept"
+    );
+
+    // The records themselves: typed, labelled, managedFields gone, secrets hashed.
+    let a = changes
+        .iter()
+        .filter_map(|(k, c)| (k == "e2e/uid-a").then_some(c.as_ref()).flatten())
+        .next_back()
+        .expect("pod a");
+    assert_eq!(
+        (a.kind.as_str(), a.api_version.as_str(), a.cluster.as_str()),
+        ("Pod", "v1", "e2e")
+    );
+    assert_eq!(a.labels.get("app").map(String::as_str), Some("web-v2"));
+    let body = a.object_json.as_deref().expect("body");
+    assert!(!body.contains("managedFields"), "{body}");
+    let secret = changes
+        .iter()
+        .find_map(|(k, c)| (k == "e2e/uid-s").then_some(c.as_ref()).flatten())
+        .expect("secret");
+    let sbody = secret.object_json.as_deref().expect("body");
+    assert!(
+        sbody.contains("\"password\":\"hmac-sha256:") && sbody.contains("Opaque"),
+        "{sbody}"
+    );
+
+    // The watch resumed from the list's resourceVersion, asked for bookmarks, and re-listed
+    // after 410 Gone.
+    let seen = api.seen(PODS);
+    let watches: Vec<_> = seen
+        .iter()
+        .filter(|s| s.query.contains_key("watch"))
+        .collect();
+    let lists = seen.len() - watches.len();
+    assert_eq!(lists, 2, "{seen:?}");
+    assert_eq!(
+        watches[0].query.get("resourceVersion").map(String::as_str),
+        Some("100")
+    );
+    assert_eq!(
+        watches[0]
+            .query
+            .get("allowWatchBookmarks")
+            .map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        watches[1].query.get("resourceVersion").map(String::as_str),
+        Some("200")
+    );
+
+    // Events become KubeEvents; VulnerabilityReports become ImageScans with counts.
+    let events: Vec<KubeEvent> = read_topic(&cfg.bootstrap(), "korvid.k8s.events.v1")
+        .iter()
+        .map(|b| Decoder::<KubeEvent>::new().decode(b).expect("KubeEvent"))
+        .collect();
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].reason.as_str(), events[0].count), ("BackOff", 4));
+    assert_eq!(events[0].involved_uid.as_deref(), Some("uid-a"));
+    let scans: Vec<ImageScan> = read_topic(&cfg.bootstrap(), "korvid.image.scans.v1")
+        .iter()
+        .map(|b| Decoder::<ImageScan>::new().decode(b).expect("ImageScan"))
+        .collect();
+    assert_eq!(scans.len(), 1);
+    assert_eq!(scans[0].scanner, "trivy-operator");
+    assert_eq!(
+        (scans[0].registry.as_str(), scans[0].tag.as_deref()),
+        ("docker.io", Some("1.25"))
+    );
+    assert_eq!(
+        (
+            scans[0].counts.critical,
+            scans[0].counts.high,
+            scans[0].counts.low
+        ),
+        (1, 2, 5)
+    );
+    assert_eq!(scans[0].vulnerabilities[0].cvss, Some(7.5));
+
+    // Nothing of the planted secret left ingest.
+    for topic in [
+        "korvid.k8s.objects.v1",
+        "korvid.k8s.events.v1",
+        "korvid.deadletter.v1",
+    ] {
+        for v in read_topic(&cfg.bootstrap(), topic) {
+            let text = String::from_utf8_lossy(&v);
+            assert!(
+                !text.contains(PLANT) && !text.contains(&b64(PLANT)),
+                "{topic}: {text}"
+            );
+        }
+    }
+}
