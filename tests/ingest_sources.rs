@@ -358,3 +358,225 @@ kinds = ["v1/Pod", "v1/Secret", "v1/Event", "rbac.authorization.k8s.io/v1/RoleBi
         }
     }
 }
+
+/// A Trivy report whose secret scanner found the plant (Trivy puts the match into the report).
+fn trivy_with_secret_finding(digest: &str) -> Value {
+    json!({"SchemaVersion": 2, "ArtifactName": "registry.example.com/shop/web:1.0",
+        "Metadata": {"RepoDigests": [format!("registry.example.com/shop/web@{digest}")], "OS": {"Family": "alpine"}},
+        "Results": [
+            {"Target": "app", "Vulnerabilities": [{"VulnerabilityID": "CVE-2024-3094", "PkgName": "xz",
+                "InstalledVersion": "5.6.0", "Severity": "CRITICAL", "CVSS": {"nvd": {"V3Score": 10.0}}}]},
+            {"Target": "/app/.env", "Class": "secret", "Secrets": [{"RuleID": "generic", "Severity": "HIGH",
+                "Match": format!("DB_PASSWORD={PLANT}"),
+                "Code": {"Lines": [{"Content": format!("DB_PASSWORD={PLANT}")}]}}]}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_secrets_reach_no_topic_from_any_source() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let receiver = Receiver::start().await;
+    let logs = dir.path().join("logs");
+    let scans = dir.path().join("scans");
+    let manifests = dir.path().join("manifests");
+    for d in [&logs, &scans, &manifests] {
+        std::fs::create_dir_all(d).expect("dir");
+    }
+    let cfg = KorvidConfig::new(dir.path(), &receiver.url).with_extra(&format!(
+        "[[ingest.audit_logs]]\npath = \"{logs}/audit.log\"\npoll_ms = 50\n\n[[ingest.scan_dirs]]\npath = \"{scans}\"\npoll_ms = 50\n",
+        logs = logs.display(),
+        scans = scans.display()
+    ));
+    let korvid = Korvid::start(&cfg).await;
+    let at = rfc3339(now_ms());
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db", "namespace": "shop",
+        "annotations": {"kubectl.kubernetes.io/last-applied-configuration":
+            format!("{{\"stringData\":{{\"password\":\"{PLANT}\"}}}}")}},
+        "data": {"password": b64(PLANT)}, "stringData": {"password": PLANT}});
+    let audit_event = |id: &str| {
+        json!({"kind": "Event", "apiVersion": "audit.k8s.io/v1", "auditID": id, "stage": "ResponseComplete",
+            "level": "RequestResponse", "verb": "create", "user": {"username": "mallory"},
+            "objectRef": {"resource": "secrets", "namespace": "shop", "name": "db", "apiVersion": "v1"},
+            "requestObject": secret, "responseObject": secret, "responseStatus": {"code": 201},
+            "stageTimestamp": at, "requestReceivedTimestamp": at})
+    };
+
+    // 1. The webhook: a good batch, and one cut off mid-Secret (refused, dead-lettered).
+    let batch = json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1",
+        "items": [audit_event("plant-webhook-1")]})
+    .to_string();
+    post_ok(&cfg.webhook_url(), batch.clone()).await;
+    let cut = &batch[..batch.len() - 40];
+    let resp = http()
+        .post(cfg.webhook_url())
+        .body(cut.to_string())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 400);
+
+    // 2. Audit log file: a plain event, an EKS CloudWatch payload, a GKE entry, and an EKS
+    // entry whose message is broken JSON with the plant inside.
+    let eks = json!({"logGroup": "/aws/eks/prod/cluster", "logStream": "kube-apiserver-audit-1",
+        "logEvents": [{"id": "1", "timestamp": 1, "message": audit_event("plant-eks-1").to_string()},
+                      {"id": "2", "timestamp": 1, "message": format!("{{\"stringData\":{{\"password\":\"{PLANT}\"")}]});
+    let gke = json!({"insertId": "g1", "operation": {"id": "plant-gke-1"}, "timestamp": at,
+        "protoPayload": {"serviceName": "k8s.io", "methodName": "io.k8s.core.v1.secrets.create",
+            "resourceName": "core/v1/namespaces/shop/secrets/db",
+            "authenticationInfo": {"principalEmail": "dev@example.com"}, "request": secret, "status": {"code": 0}}});
+    let aks = json!({"records": [{"category": "kube-audit", "properties": {"log": audit_event("plant-aks-1").to_string()}}]});
+    let lines = format!("{}\n{eks}\n{gke}\n{aks}\n", audit_event("plant-log-1"));
+    std::fs::write(logs.join("audit.log"), lines).expect("write log");
+
+    // 3. Scan reports: over HTTP and into the watched directory, plus a broken one.
+    let scans_url = cfg.webhook_url().replace("/audit/webhook", "/scans");
+    let d1 = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    let d2 = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+    post_ok(&scans_url, trivy_with_secret_finding(d1).to_string()).await;
+    std::fs::write(
+        scans.join("web.json"),
+        trivy_with_secret_finding(d2).to_string(),
+    )
+    .expect("write");
+    let mut broken = trivy_with_secret_finding(d2);
+    broken["Metadata"] = json!({});
+    std::fs::write(scans.join("broken.json"), broken.to_string()).expect("write");
+
+    // 4. Snapshot import of manifests, one of them broken.
+    let deployment = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  template:\n    spec:\n      containers:\n      - name: web\n        image: nginx\n        env:\n        - name: DB_PASSWORD\n          value: {PLANT}\n"
+    );
+    let secret_yaml = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\n  namespace: shop\nstringData:\n  password: {PLANT}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\n  namespace: shop\ndata:\n  password: {PLANT}\n"
+    );
+    std::fs::write(manifests.join("deploy.yaml"), deployment).expect("write");
+    std::fs::write(manifests.join("secret.yaml"), secret_yaml).expect("write");
+    std::fs::write(
+        manifests.join("broken.yaml"),
+        format!("password: [{PLANT}\n"),
+    )
+    .expect("write");
+    let import = std::process::Command::new(env!("CARGO_BIN_EXE_korvid"))
+        .arg("--config")
+        .arg(cfg.config_path())
+        .arg("import")
+        .arg(&manifests)
+        .env("KORVID__KAFKA__BOOTSTRAP_SERVERS", cfg.bootstrap())
+        .env("KORVID__TELEMETRY__LISTEN", "")
+        .output()
+        .expect("run korvid import");
+    let stdout = String::from_utf8_lossy(&import.stdout);
+    let stderr = String::from_utf8_lossy(&import.stderr);
+    assert_eq!(
+        import.status.code(),
+        Some(1),
+        "one document refused:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("imported 3 objects from 3 files"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(!stderr.contains(PLANT), "{stderr}");
+
+    // Every source delivered.
+    wait_metric(
+        &cfg,
+        "korvid_ingest_audit_log_events",
+        "",
+        4.0,
+        Duration::from_secs(20),
+    )
+    .await;
+    wait_metric(
+        &cfg,
+        "korvid_ingest_scan_dir_reports",
+        "",
+        2.0,
+        Duration::from_secs(20),
+    )
+    .await;
+    let audit: Vec<korvid_schemas::AuditEvent> =
+        read_topic(&cfg.bootstrap(), "korvid.k8s.audit.v1")
+            .iter()
+            .map(|b| {
+                Decoder::<korvid_schemas::AuditEvent>::new()
+                    .decode(b)
+                    .expect("AuditEvent")
+            })
+            .collect();
+    let mut ids: Vec<&str> = audit.iter().map(|e| e.audit_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(
+        ids,
+        [
+            "plant-aks-1",
+            "plant-eks-1",
+            "plant-gke-1",
+            "plant-log-1",
+            "plant-webhook-1"
+        ],
+        "{}",
+        korvid.log_text()
+    );
+    let gke_event = audit
+        .iter()
+        .find(|e| e.audit_id == "plant-gke-1")
+        .expect("gke");
+    assert_eq!(
+        (gke_event.verb.as_str(), gke_event.resource.as_deref()),
+        ("create", Some("secrets"))
+    );
+    let image_scans: Vec<ImageScan> = read_topic(&cfg.bootstrap(), "korvid.image.scans.v1")
+        .iter()
+        .map(|b| Decoder::<ImageScan>::new().decode(b).expect("ImageScan"))
+        .collect();
+    let mut digests: Vec<&str> = image_scans
+        .iter()
+        .map(|s| s.image_digest.as_str())
+        .collect();
+    digests.sort_unstable();
+    assert_eq!(digests, [d1, d2]);
+    assert_eq!(image_scans[0].counts.critical, 1);
+    let objects: Vec<ObjectChange> = read_topic(&cfg.bootstrap(), "korvid.k8s.objects.v1")
+        .iter()
+        .map(|b| {
+            Decoder::<ObjectChange>::new()
+                .decode(b)
+                .expect("ObjectChange")
+        })
+        .collect();
+    assert_eq!(objects.len(), 3);
+    let dead = read_topic(&cfg.bootstrap(), "korvid.deadletter.v1");
+    assert!(
+        dead.len() >= 4,
+        "webhook cut, EKS message, broken scan, broken manifest: {}",
+        dead.len()
+    );
+
+    // ...and nothing of the plant, raw or base64, is in any topic or the log.
+    let b64_plant = b64(PLANT);
+    for topic in [
+        "korvid.k8s.objects.v1",
+        "korvid.k8s.audit.v1",
+        "korvid.k8s.events.v1",
+        "korvid.image.scans.v1",
+        "korvid.graph.windows.v1",
+        "korvid.findings.v1",
+        "korvid.alerts.v1",
+        "korvid.notify.state.v1",
+        "korvid.deadletter.v1",
+    ] {
+        for v in read_topic(&cfg.bootstrap(), topic) {
+            let text = String::from_utf8_lossy(&v);
+            assert!(
+                !text.contains(PLANT) && !text.contains(&b64_plant),
+                "{topic}: {text}"
+            );
+        }
+    }
+    let log = korvid.log_text();
+    assert!(
+        !log.contains(PLANT) && !log.contains(&b64_plant),
+        "log: {log}"
+    );
+}

@@ -21,7 +21,7 @@ use korvid_common::kafka::{
     DeadLetterSource, DeadLetters, KafkaClientError, PendingDelivery, RecordProducer,
 };
 use korvid_schemas::ObjectOp;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::{Api, DynamicObject};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use prometheus_client::metrics::counter::Counter;
@@ -211,11 +211,7 @@ impl KindWatch {
         client: kube::Client,
         ctx: ServiceContext,
     ) -> Result<(), KafkaClientError> {
-        let gvk = GroupVersionKind::gvk(&self.spec.group, &self.spec.version, &self.spec.kind);
-        let resource = match &self.spec.plural {
-            Some(p) => ApiResource::from_gvk_with_plural(&gvk, p),
-            None => ApiResource::from_gvk(&gvk),
-        };
+        let resource = self.spec.api_resource();
         let api: Api<DynamicObject> = Api::all_with(client, &resource);
         let mut state = WatchState::default();
         // Each pass is one watcher; a failed delivery ends the pass and the next one re-lists.

@@ -135,6 +135,15 @@ impl KindSpec {
         })
     }
 
+    /// The API resource (plural name and URL path) the watcher lists and watches.
+    pub fn api_resource(&self) -> kube::api::ApiResource {
+        let gvk = kube::api::GroupVersionKind::gvk(&self.group, &self.version, &self.kind);
+        match &self.plural {
+            Some(p) => kube::api::ApiResource::from_gvk_with_plural(&gvk, p),
+            None => kube::api::ApiResource::from_gvk(&gvk),
+        }
+    }
+
     /// `apiVersion` of objects of this kind.
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {

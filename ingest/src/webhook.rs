@@ -353,18 +353,24 @@ async fn receive(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
         }
     };
 
-    let keys: Vec<String> = batch.events.iter().map(partition_key).collect();
-    let sends = batch
-        .events
-        .iter()
-        .zip(&keys)
-        .map(|(ev, key)| s.producer.send(&s.topic, key, ev));
-    let results = futures::future::join_all(sends).await;
-    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
-        // Some events may be in Kafka already; the API server resends the batch and enrich
-        // folds duplicates by auditID.
-        count(&s, "unavailable");
-        return unavailable(e);
+    // Queue the whole batch, then wait for every acknowledgement. On failure some events may
+    // be in Kafka already; the API server resends the batch and enrich folds duplicates by
+    // auditID.
+    let mut pending = Vec::with_capacity(batch.events.len());
+    for ev in &batch.events {
+        match s.producer.enqueue(&s.topic, &partition_key(ev), ev).await {
+            Ok(p) => pending.push(p),
+            Err(e) => {
+                count(&s, "unavailable");
+                return unavailable(&e);
+            }
+        }
+    }
+    for p in pending {
+        if let Err(e) = p.acknowledged().await {
+            count(&s, "unavailable");
+            return unavailable(&e);
+        }
     }
     let mut errors = Vec::new();
     for (err, raw) in &batch.rejected {
