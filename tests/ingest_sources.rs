@@ -357,6 +357,45 @@ kinds = ["v1/Pod", "v1/Secret", "v1/Event", "rbac.authorization.k8s.io/v1/RoleBi
             );
         }
     }
+
+    // Pod a is deleted while ingest is down: the first list after the restart, compared with
+    // what the objects topic holds, writes its deletion.
+    let mut korvid = korvid;
+    let (status, _) = korvid.terminate().await;
+    assert!(status.success(), "{}", korvid.log_text());
+    api.set_script(
+        PODS,
+        Script {
+            lists: vec![("300".into(), vec![pod("d", "uid-d", "150", "web")])],
+            watches: vec![vec![]],
+        },
+    );
+    let korvid = Korvid::start(&cfg).await;
+    let vanished = wait_metric(
+        &cfg,
+        "korvid_ingest_kube_watch_events",
+        "kind=\"Pod\",op=\"vanished\"",
+        1.0,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(vanished, 1.0, "{}", korvid.log_text());
+    // The broker may have compacted older records by now, so look at the newest ones.
+    let mut a = Vec::new();
+    for _ in 0..100 {
+        let changes = decode_changes(&read_records(&cfg.bootstrap(), "korvid.k8s.objects.v1"));
+        a = history(&changes, "e2e/uid-a");
+        if a.last() == Some(&None) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        a[a.len().saturating_sub(2)..],
+        [Some((ObjectOp::Delete, None)), None],
+        "{a:?}\n{}",
+        korvid.log_text()
+    );
 }
 
 /// A Trivy report whose secret scanner found the plant (Trivy puts the match into the report).

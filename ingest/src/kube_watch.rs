@@ -146,6 +146,7 @@ pub async fn start(
         .map_err(|e| IngestError::Kubernetes(e.to_string()))?;
     let client = client(settings).await?;
     ctx.telemetry.declare(COMPONENT);
+    let mut known = known_objects(cluster, ctx).await?;
     let producer = ctx.kafka.producer()?;
     let dead_letters = ctx.kafka.dead_letters(producer.clone());
     let metrics = Metrics::new(ctx);
@@ -174,9 +175,71 @@ pub async fn start(
                 unlisted: unlisted.clone(),
                 counted_ready: false,
             };
-            tokio::spawn(w.run(client.clone(), ctx.clone()))
+            let state = WatchState {
+                known: known
+                    .remove(&(spec_group(&w.api_version), w.spec.kind.clone()))
+                    .unwrap_or_default(),
+                listing: None,
+            };
+            tokio::spawn(w.run(client.clone(), state, ctx.clone()))
         })
         .collect())
+}
+
+/// The API group of an `apiVersion` (`""` for the core group).
+fn spec_group(api_version: &str) -> String {
+    api_version
+        .rsplit_once('/')
+        .map_or(String::new(), |(g, _)| g.to_string())
+}
+
+/// Objects of `cluster` alive on the compacted objects topic, by (group, kind) and uid: what the
+/// pipeline believes exists. The first list after a start compares against it, so objects
+/// deleted while ingest was down get their deletion and tombstone too.
+async fn known_objects(
+    cluster: &str,
+    ctx: &ServiceContext,
+) -> Result<HashMap<(String, String), HashMap<String, ObjectIdentity>>, KafkaClientError> {
+    let prefix = format!("{cluster}/");
+    let mut decoder = ctx.kafka.decoder::<korvid_schemas::ObjectChange>();
+    let mut alive: HashMap<String, ObjectIdentity> = HashMap::new();
+    for (key, value) in ctx.kafka.read_to_end(&ctx.kafka.topics.objects).await? {
+        let Some(key) = key.and_then(|k| String::from_utf8(k).ok()) else {
+            continue;
+        };
+        // Imported manifests (uid `manifest-...`) never came from this API server: a list
+        // cannot vouch for them either way.
+        if !key.starts_with(&prefix) || key[prefix.len()..].starts_with("manifest-") {
+            continue;
+        }
+        match value {
+            None => {
+                alive.remove(&key);
+            }
+            Some(bytes) => match decoder.decode(&bytes).await {
+                Ok(c) if c.op == ObjectOp::Delete => {
+                    alive.remove(&key);
+                }
+                Ok(c) => {
+                    alive.insert(key, identity(&c));
+                }
+                // Not ours to judge here: enrich dead-letters what it cannot read.
+                Err(_) => {}
+            },
+        }
+    }
+    let mut by_kind: HashMap<(String, String), HashMap<String, ObjectIdentity>> = HashMap::new();
+    for id in alive.into_values() {
+        by_kind
+            .entry((spec_group(&id.api_version), id.kind.clone()))
+            .or_default()
+            .insert(id.uid.clone(), id);
+    }
+    tracing::info!(
+        objects = by_kind.values().map(HashMap::len).sum::<usize>(),
+        "objects known from the objects topic"
+    );
+    Ok(by_kind)
 }
 
 struct KindWatch {
@@ -209,11 +272,11 @@ impl KindWatch {
     async fn run(
         mut self,
         client: kube::Client,
+        mut state: WatchState,
         ctx: ServiceContext,
     ) -> Result<(), KafkaClientError> {
         let resource = self.spec.api_resource();
         let api: Api<DynamicObject> = Api::all_with(client, &resource);
-        let mut state = WatchState::default();
         // Each pass is one watcher; a failed delivery ends the pass and the next one re-lists.
         while !ctx.shutdown.is_triggered() {
             let failed = Arc::new(AtomicBool::new(false));

@@ -80,6 +80,14 @@ impl FakeApiServer {
         std::fs::write(path, text).expect("write kubeconfig");
     }
 
+    /// Replaces what `path` answers from now on (its list and watch counts start again).
+    pub fn set_script(&self, path: &str, script: Script) {
+        let mut inner = self.inner.lock().expect("lock");
+        inner.scripts.insert(path.to_string(), script);
+        inner.lists.remove(path);
+        inner.watches.remove(path);
+    }
+
     /// Requests seen for `path`.
     pub fn seen(&self, path: &str) -> Vec<Seen> {
         let inner = self.inner.lock().expect("lock");
