@@ -162,6 +162,18 @@ fn scripts() -> HashMap<String, Script> {
     s
 }
 
+/// Waits until a pod has been found gone during a list; returns how many were.
+async fn vanished_pods(cfg: &KorvidConfig) -> f64 {
+    wait_metric(
+        cfg,
+        "korvid_ingest_kube_watch_events",
+        "kind=\"Pod\",op=\"vanished\"",
+        1.0,
+        Duration::from_secs(30),
+    )
+    .await
+}
+
 fn decode_changes(records: &[(String, Option<Vec<u8>>)]) -> Vec<(String, Option<ObjectChange>)> {
     records
         .iter()
@@ -205,14 +217,7 @@ kinds = ["v1/Pod", "v1/Secret", "v1/Event", "rbac.authorization.k8s.io/v1/RoleBi
     ));
     // Ready means every kind was listed once, the unserved Widget included.
     let korvid = Korvid::start(&cfg).await;
-    let vanished = wait_metric(
-        &cfg,
-        "korvid_ingest_kube_watch_events",
-        "kind=\"Pod\",op=\"vanished\"",
-        1.0,
-        Duration::from_secs(30),
-    )
-    .await;
+    let vanished = vanished_pods(&cfg).await;
     assert_eq!(
         vanished,
         1.0,
@@ -371,14 +376,7 @@ kinds = ["v1/Pod", "v1/Secret", "v1/Event", "rbac.authorization.k8s.io/v1/RoleBi
         },
     );
     let korvid = Korvid::start(&cfg).await;
-    let vanished = wait_metric(
-        &cfg,
-        "korvid_ingest_kube_watch_events",
-        "kind=\"Pod\",op=\"vanished\"",
-        1.0,
-        Duration::from_secs(30),
-    )
-    .await;
+    let vanished = vanished_pods(&cfg).await;
     assert_eq!(vanished, 1.0, "{}", korvid.log_text());
     // The broker may have compacted older records by now, so look at the newest ones.
     let mut a = Vec::new();

@@ -32,6 +32,14 @@ impl Shutdown {
         self.token.cancelled().await
     }
 
+    /// Sleeps for `d` unless stopping begins first; `false` means stop now.
+    pub async fn pause(&self, d: std::time::Duration) -> bool {
+        tokio::select! {
+            _ = self.token.cancelled() => false,
+            _ = tokio::time::sleep(d) => true,
+        }
+    }
+
     /// The underlying token, for `select!` and child tokens.
     pub fn token(&self) -> &CancellationToken {
         &self.token

@@ -197,9 +197,8 @@ impl AuditLogTail {
         tracing::info!(path = %self.settings.path.display(), "tailing audit log");
         loop {
             self.poll_once().await?;
-            tokio::select! {
-                _ = ctx.shutdown.triggered() => break,
-                _ = tokio::time::sleep(poll) => {}
+            if !ctx.shutdown.pause(poll).await {
+                break;
             }
         }
         Ok(())

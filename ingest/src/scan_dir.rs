@@ -80,9 +80,8 @@ impl ScanDir {
         let poll = Duration::from_millis(self.settings.poll_ms);
         loop {
             self.poll_once().await?;
-            tokio::select! {
-                _ = ctx.shutdown.triggered() => break,
-                _ = tokio::time::sleep(poll) => {}
+            if !ctx.shutdown.pause(poll).await {
+                break;
             }
         }
         Ok(())
