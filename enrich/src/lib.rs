@@ -4,6 +4,7 @@
 //!
 //! Entry point: [`run`].
 
+pub mod inventory;
 mod service;
 mod settings;
 pub mod tables;

@@ -1,6 +1,7 @@
 //! Image-scan reports: Trivy (`trivy image -f json`) and Grype (`grype -o json`) normalised into
 //! one ImageScan per image, keyed by digest on a compacted topic.
 
+use korvid_schemas::image_ref::split_reference;
 use korvid_schemas::{ImageScan, Severity, SeverityCounts, Vulnerability};
 use serde::Deserialize;
 
@@ -82,27 +83,6 @@ pub fn vulnerability_report(
 fn digest_of(s: &str) -> Option<String> {
     let d = s.rsplit_once('@').map(|(_, d)| d).unwrap_or(s);
     d.starts_with("sha256:").then(|| d.to_string())
-}
-
-/// (registry, repository, tag) of an image reference, Docker Hub defaults applied.
-pub fn split_reference(reference: &str) -> (String, String, Option<String>) {
-    let without_digest = reference.split('@').next().unwrap_or(reference);
-    let (first, rest) = match without_digest.split_once('/') {
-        Some((f, r)) if f.contains('.') || f.contains(':') || f == "localhost" => {
-            (f.to_string(), r.to_string())
-        }
-        _ => ("docker.io".to_string(), without_digest.to_string()),
-    };
-    let (repo, tag) = match rest.rsplit_once(':') {
-        Some((r, t)) if !t.contains('/') => (r.to_string(), Some(t.to_string())),
-        _ => (rest, None),
-    };
-    let repo = if first == "docker.io" && !repo.contains('/') {
-        format!("library/{repo}")
-    } else {
-        repo
-    };
-    (first, repo, tag)
 }
 
 mod trivy {
@@ -585,22 +565,6 @@ mod tests {
                 .expect_err("too deep")
                 .kind(),
             "invalid_scan"
-        );
-    }
-
-    #[test]
-    fn references_split_like_docker() {
-        assert_eq!(
-            split_reference("nginx"),
-            ("docker.io".into(), "library/nginx".into(), None)
-        );
-        assert_eq!(
-            split_reference("localhost:5000/app:v1"),
-            ("localhost:5000".into(), "app".into(), Some("v1".into()))
-        );
-        assert_eq!(
-            split_reference("bitnami/redis:7@sha256:ab"),
-            ("docker.io".into(), "bitnami/redis".into(), Some("7".into()))
         );
     }
 }

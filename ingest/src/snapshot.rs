@@ -76,7 +76,8 @@ pub fn read_paths(
                     continue;
                 }
             };
-            for object in expand_lists(doc) {
+            for mut object in expand_lists(doc) {
+                default_namespace(&mut object);
                 match object_change(cluster, ObjectOp::Snapshot, object, None, sanitizer, now_ms) {
                     Ok(c) => out.changes.push(c),
                     Err(e) => out.refused.push(Refused {
@@ -89,6 +90,46 @@ pub fn read_paths(
         }
     }
     out
+}
+
+/// Kinds that live outside namespaces (the built-in ones; CRDs are assumed namespaced).
+const CLUSTER_SCOPED: &[&str] = &[
+    "Namespace",
+    "Node",
+    "PersistentVolume",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "StorageClass",
+    "CustomResourceDefinition",
+    "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+    "PriorityClass",
+    "RuntimeClass",
+    "IngressClass",
+    "CertificateSigningRequest",
+    "APIService",
+    "CSIDriver",
+    "CSINode",
+    "VolumeAttachment",
+    "ClusterIssuer",
+];
+
+/// A manifest without `metadata.namespace` lands in `default` when applied (kubectl's default
+/// context); a dump from the API always has it. Cluster-scoped kinds are left alone.
+fn default_namespace(object: &mut Value) {
+    let kind = object
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if kind.is_empty() || CLUSTER_SCOPED.contains(&kind) {
+        return;
+    }
+    if let Some(Value::Object(meta)) = object.get_mut("metadata") {
+        meta.entry("namespace")
+            .or_insert_with(|| Value::String("default".into()));
+    }
 }
 
 fn collect_files(path: &Path, files: &mut Vec<PathBuf>, refused: &mut Vec<Refused>) {

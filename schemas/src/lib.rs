@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod image_ref;
 pub mod records;
 #[cfg(feature = "registry")]
 pub mod registry;
