@@ -288,7 +288,10 @@ fn main() {
         offsets: vec![],
     };
     let korvid = time(5, 3, || {
-        black_box(rt.block_on(agg.graph_window(&window)).expect("window"));
+        black_box(
+            rt.block_on(agg.graph_window(&window, None))
+                .expect("window"),
+        );
     });
     let baseline = time(5, 3, || {
         let mut groups: HashMap<GroupKey<'_>, (i64, i64, i64)> = HashMap::new();
@@ -317,7 +320,9 @@ fn main() {
     });
 
     // detect.rules
-    let record = rt.block_on(agg.graph_window(&window)).expect("window");
+    let record = rt
+        .block_on(agg.graph_window(&window, None))
+        .expect("window");
     let catalog = korvid_detect::RuleCatalog::load(true, &[], &[]);
     let rules = catalog.rules.len();
     let engine = rt

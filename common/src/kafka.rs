@@ -495,6 +495,88 @@ impl KafkaContext {
         }
     }
 
+    /// Follows whole topics like a global table: every partition from the beginning, then new
+    /// records as they come, with one [`FeedEvent::CaughtUp`] once the high watermarks seen at
+    /// the start are reached. No offsets are committed (each follower reads everything). The
+    /// follower thread stops when the receiver is dropped.
+    pub fn follow(
+        &self,
+        topics: &[&str],
+    ) -> Result<tokio::sync::mpsc::Receiver<FeedEvent>, KafkaClientError> {
+        let mut cfg = self.client_config();
+        cfg.set(
+            "group.id",
+            format!("{}-follower", self.settings.group_prefix),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "100");
+        let consumer: BaseConsumer = cfg.create().map_err(kafka("create follower"))?;
+        let timeout = Timeout::After(Duration::from_secs(10));
+        let mut tpl = TopicPartitionList::new();
+        let mut remaining: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for topic in topics {
+            let md = consumer
+                .fetch_metadata(Some(topic), timeout)
+                .map_err(kafka("fetch metadata"))?;
+            for t in md.topics() {
+                for p in t.partitions() {
+                    let (low, high) = consumer
+                        .fetch_watermarks(topic, p.id(), timeout)
+                        .map_err(kafka("fetch watermarks"))?;
+                    tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+                        .map_err(kafka("assign"))?;
+                    if high > low {
+                        remaining.insert((topic.to_string(), p.id()), high);
+                    }
+                }
+            }
+        }
+        consumer.assign(&tpl).map_err(kafka("assign"))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4096);
+        std::thread::Builder::new()
+            .name("korvid-follow".into())
+            .spawn(move || {
+                let mut caught_up = remaining.is_empty();
+                if caught_up && tx.blocking_send(FeedEvent::CaughtUp).is_err() {
+                    return;
+                }
+                while !tx.is_closed() {
+                    match consumer.poll(Duration::from_millis(100)) {
+                        Some(Ok(m)) => {
+                            let record = FeedRecord {
+                                topic: m.topic().to_string(),
+                                key: m.key().map(<[u8]>::to_vec),
+                                value: m.payload().map(<[u8]>::to_vec),
+                            };
+                            let at = (m.topic().to_string(), m.partition());
+                            if remaining
+                                .get(&at)
+                                .is_some_and(|high| m.offset() + 1 >= *high)
+                            {
+                                remaining.remove(&at);
+                            }
+                            if tx.blocking_send(FeedEvent::Record(record)).is_err() {
+                                return;
+                            }
+                            if !caught_up && remaining.is_empty() {
+                                caught_up = true;
+                                if tx.blocking_send(FeedEvent::CaughtUp).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "following a topic: fetch failed; retrying")
+                        }
+                        None => {}
+                    }
+                }
+            })
+            .map_err(|e| KafkaClientError::Task(e.to_string()))?;
+        Ok(rx)
+    }
+
     /// Reads every record currently in `topic` (all partitions, beginning to the high
     /// watermark), e.g. to rebuild state from a compacted topic. Returns (key, value) pairs;
     /// tombstones have no value.
@@ -704,6 +786,26 @@ impl RecordProducer {
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaClientError> {
         tokio::task::block_in_place(|| self.producer.flush(timeout)).map_err(kafka("flush"))
     }
+}
+
+/// What a topic follower ([`KafkaContext::follow`]) hands over.
+#[derive(Debug)]
+pub enum FeedEvent {
+    /// One record, in partition order.
+    Record(FeedRecord),
+    /// Everything that was in the topics when following began has been handed over.
+    CaughtUp,
+}
+
+/// One record of a followed topic.
+#[derive(Debug)]
+pub struct FeedRecord {
+    /// Topic.
+    pub topic: String,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value (`None` for a tombstone).
+    pub value: Option<Vec<u8>>,
 }
 
 /// A record on the producer's queue, not yet acknowledged.

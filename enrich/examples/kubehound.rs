@@ -174,7 +174,7 @@ fn grants(g: &Graph) -> BTreeMap<String, (String, String)> {
             Some((
                 format!("{}::{binding_name}", role.name),
                 (
-                    r.attrs.get("capabilities")?.as_text()?.to_string(),
+                    r.attrs.get("rbac_capabilities")?.as_text()?.to_string(),
                     r.attrs.get("scope")?.as_text()?.to_string(),
                 ),
             ))
@@ -205,7 +205,7 @@ fn check(e: &Expected, g: &Graph) -> (usize, usize, Vec<String>) {
     let label = e.edge_labels.first().map(String::as_str).unwrap_or("");
     for c in &e.expected_containers {
         let ok = containers(g, c).any(|id| {
-            let caps = text(g, id, "capabilities");
+            let caps = text(g, id, "linux_capabilities");
             let mounts = host_mounts(g, id);
             match label {
                 "CE_MODULE_LOAD" => caps.split(',').any(|x| x == "SYS_MODULE"),

@@ -7,6 +7,7 @@
 pub mod inventory;
 mod service;
 mod settings;
+pub mod state;
 pub mod tables;
 pub mod windows;
 

@@ -13,7 +13,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::settings::EnrichSettings;
-use crate::tables::{ActivityAggregator, TableError};
+use crate::state::Inventories;
+use crate::tables::{ActivityAggregator, TableError, touched_ids};
 use crate::windows::{Admission, ClosedWindow, TopicPartition, WindowAssigner, WindowConfig};
 
 const COMPONENT: &str = "enrich";
@@ -47,6 +48,7 @@ struct Enricher {
     windows: WindowAssigner,
     topic: String,
     metrics: Metrics,
+    inventories: Inventories,
     ctx: ServiceContext,
 }
 
@@ -82,7 +84,10 @@ pub async fn run(settings: EnrichSettings, ctx: ServiceContext) -> Result<(), En
             Gauge::default(),
         ),
     };
+    let inventories = Inventories::default();
+    let follower = crate::state::follow(inventories.clone(), &ctx)?;
     let mut e = Enricher {
+        inventories,
         dead_letters: ctx.kafka.dead_letters(producer.clone()),
         decoder: ctx.kafka.decoder(),
         aggregator: ActivityAggregator::new().await?,
@@ -126,6 +131,7 @@ pub async fn run(settings: EnrichSettings, ctx: ServiceContext) -> Result<(), En
     e.store_offsets();
     let _ = e.producer.flush(Duration::from_secs(5));
     e.consumer.finish();
+    follower.abort();
     tracing::info!("enrich stopped");
     Ok(())
 }
@@ -193,7 +199,16 @@ impl Enricher {
     #[tracing::instrument(name = "enrich.publish", skip_all, fields(windows = closed.len()))]
     async fn publish(&mut self, closed: Vec<ClosedWindow>) {
         for w in closed {
-            let record = match self.aggregator.graph_window(&w).await {
+            let namespace = w.key.split_once('/').map_or("", |(_, ns)| ns);
+            let namespace = if namespace == "_cluster" {
+                ""
+            } else {
+                namespace
+            };
+            let around = self
+                .inventories
+                .around(&w.cluster, namespace, &touched_ids(&w.events));
+            let record = match self.aggregator.graph_window(&w, around.as_ref()).await {
                 Ok(r) => r,
                 Err(err) => {
                     // A bug, not bad input: keep the evidence and move on.

@@ -19,6 +19,7 @@ use korvid_common::sql::{PreparedQuery, SqlSession};
 use korvid_schemas::{AuditEvent, GraphWindow, WindowKind, window_tables};
 use sha2::{Digest, Sha256};
 
+use crate::inventory::{Attr, Attrs, Graph};
 use crate::windows::ClosedWindow;
 
 /// Why a window's tables could not be built (always a bug, never bad input).
@@ -98,10 +99,15 @@ impl ActivityAggregator {
         conform(&window_tables::activity(), &out)
     }
 
-    /// Builds the whole GraphWindow record for a closed window.
-    pub async fn graph_window(&self, w: &ClosedWindow) -> Result<GraphWindow, TableError> {
+    /// Builds the whole GraphWindow record for a closed window, with `inventory` (the part of
+    /// the inventory around the window's entities) merged into its `nodes` and `edges`.
+    pub async fn graph_window(
+        &self,
+        w: &ClosedWindow,
+        inventory: Option<&Graph>,
+    ) -> Result<GraphWindow, TableError> {
         let activity = self.activity(&w.events).await?;
-        let (nodes, edges) = graph(&w.events)?;
+        let (nodes, edges) = graph_tables(&w.events, &w.cluster, inventory, w.end)?;
         Ok(GraphWindow {
             cluster: w.cluster.clone(),
             event_time: w.end,
@@ -287,6 +293,19 @@ fn subject_node(e: &AuditEvent) -> (String, Option<String>, String) {
     ("User".into(), None, e.user.clone())
 }
 
+/// Ids of the entities `events` touched (subjects and targets), to find them in the inventory.
+pub fn touched_ids(events: &[AuditEvent]) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for e in events {
+        let (kind, ns, name) = subject_node(e);
+        out.insert(node_id(&kind, ns.as_deref(), &name));
+        if let (Some(resource), Some(name)) = (e.resource.as_deref(), e.name.as_deref()) {
+            out.insert(node_id(&kind_of(resource), e.namespace.as_deref(), name));
+        }
+    }
+    out
+}
+
 fn node_id(kind: &str, ns: Option<&str>, name: &str) -> String {
     format!("{kind}/{}/{name}", ns.unwrap_or(""))
 }
@@ -300,16 +319,27 @@ struct NodeRow {
     system: bool,
     first: i64,
     last: i64,
+    in_inventory: bool,
+    attrs: Attrs,
 }
 
 struct EdgeRow {
     count: i64,
     first: i64,
     last: i64,
+    in_inventory: bool,
+    attrs: Attrs,
 }
 
-/// The `nodes` and `edges` tables for the entities a window's activity touched.
-fn graph(events: &[AuditEvent]) -> Result<(RecordBatch, RecordBatch), ArrowError> {
+/// The `nodes` and `edges` tables: the entities a window's activity touched and the relations
+/// it made, merged with `inventory` (the inventory around them), whose relations are stamped
+/// with `window_end`.
+pub fn graph_tables(
+    events: &[AuditEvent],
+    cluster: &str,
+    inventory: Option<&Graph>,
+    window_end: i64,
+) -> Result<(RecordBatch, RecordBatch), ArrowError> {
     let mut nodes: BTreeMap<String, NodeRow> = BTreeMap::new();
     let mut edges: BTreeMap<(String, String, String), EdgeRow> = BTreeMap::new();
     for e in events {
@@ -329,6 +359,8 @@ fn graph(events: &[AuditEvent]) -> Result<(RecordBatch, RecordBatch), ArrowError
                 cluster: e.cluster.clone(),
                 first: t,
                 last: t,
+                in_inventory: false,
+                attrs: Attrs::new(),
             },
         );
         let Some(resource) = e.resource.as_deref() else {
@@ -349,90 +381,132 @@ fn graph(events: &[AuditEvent]) -> Result<(RecordBatch, RecordBatch), ArrowError
                 system: false,
                 first: t,
                 last: t,
+                in_inventory: false,
+                attrs: Attrs::new(),
             },
         );
         let edge = edges.entry((src, dst, relation(e))).or_insert(EdgeRow {
             count: 0,
             first: t,
             last: t,
+            in_inventory: false,
+            attrs: Attrs::new(),
         });
         edge.count += 1;
         edge.first = edge.first.min(t);
         edge.last = edge.last.max(t);
     }
+    if let Some(g) = inventory {
+        for ent in g.entities.values() {
+            let row = nodes.entry(ent.id.clone()).or_insert_with(|| NodeRow {
+                kind: ent.kind.clone(),
+                namespace: ent.namespace.clone(),
+                name: ent.name.clone(),
+                cluster: cluster.to_string(),
+                service_account: ent.kind == "ServiceAccount",
+                system: ent.name.starts_with("system:"),
+                first: window_end,
+                last: window_end,
+                in_inventory: true,
+                attrs: Attrs::new(),
+            });
+            row.in_inventory = true;
+            row.attrs = ent.attrs.clone();
+        }
+        for r in g.relations.values() {
+            edges
+                .entry((r.src.clone(), r.dst.clone(), r.kind.to_string()))
+                .or_insert_with(|| EdgeRow {
+                    count: 0,
+                    first: window_end,
+                    last: window_end,
+                    in_inventory: true,
+                    attrs: r.attrs.clone(),
+                });
+        }
+    }
     let ts = |v: Vec<i64>| -> ArrayRef {
         Arc::new(TimestampMillisecondArray::from(v).with_timezone("UTC"))
     };
+    let text = |v: Vec<Option<&str>>| -> ArrayRef { Arc::new(StringArray::from(v)) };
+    let flag = |v: Vec<bool>| -> ArrayRef { Arc::new(BooleanArray::from(v)) };
     let n: Vec<(&String, &NodeRow)> = nodes.iter().collect();
-    let nodes_batch = RecordBatch::try_new(
-        window_tables::nodes(),
-        vec![
-            Arc::new(
-                n.iter()
-                    .map(|(id, _)| Some(id.as_str()))
-                    .collect::<StringArray>(),
-            ),
-            Arc::new(
-                n.iter()
-                    .map(|(_, r)| Some(r.kind.as_str()))
-                    .collect::<StringArray>(),
-            ),
-            Arc::new(
-                n.iter()
-                    .map(|(_, r)| r.namespace.as_deref())
-                    .collect::<StringArray>(),
-            ),
-            Arc::new(
-                n.iter()
-                    .map(|(_, r)| Some(r.name.as_str()))
-                    .collect::<StringArray>(),
-            ),
-            Arc::new(
-                n.iter()
-                    .map(|(_, r)| Some(r.cluster.as_str()))
-                    .collect::<StringArray>(),
-            ),
-            Arc::new(
-                n.iter()
-                    .map(|(_, r)| Some(r.service_account))
-                    .collect::<BooleanArray>(),
-            ),
-            Arc::new(
-                n.iter()
-                    .map(|(_, r)| Some(r.system))
-                    .collect::<BooleanArray>(),
-            ),
-            ts(n.iter().map(|(_, r)| r.first).collect()),
-            ts(n.iter().map(|(_, r)| r.last).collect()),
-        ],
-    )?;
+    let mut columns = vec![
+        text(n.iter().map(|(id, _)| Some(id.as_str())).collect()),
+        text(n.iter().map(|(_, r)| Some(r.kind.as_str())).collect()),
+        text(n.iter().map(|(_, r)| r.namespace.as_deref()).collect()),
+        text(n.iter().map(|(_, r)| Some(r.name.as_str())).collect()),
+        text(n.iter().map(|(_, r)| Some(r.cluster.as_str())).collect()),
+        flag(n.iter().map(|(_, r)| r.service_account).collect()),
+        flag(n.iter().map(|(_, r)| r.system).collect()),
+        ts(n.iter().map(|(_, r)| r.first).collect()),
+        ts(n.iter().map(|(_, r)| r.last).collect()),
+        flag(n.iter().map(|(_, r)| r.in_inventory).collect()),
+    ];
+    let node_attrs: Vec<&Attrs> = n.iter().map(|(_, r)| &r.attrs).collect();
+    columns.extend(attribute_columns(
+        &node_attrs,
+        window_tables::NODE_FLAGS,
+        window_tables::NODE_TEXTS,
+        window_tables::NODE_NUMBERS,
+    ));
+    let nodes_batch = RecordBatch::try_new(window_tables::nodes(), columns)?;
     let e: Vec<(&(String, String, String), &EdgeRow)> = edges.iter().collect();
-    let edges_batch = RecordBatch::try_new(
-        window_tables::edges(),
-        vec![
-            Arc::new(
-                e.iter()
-                    .map(|(k, _)| Some(k.0.as_str()))
-                    .collect::<StringArray>(),
-            ),
-            Arc::new(
-                e.iter()
-                    .map(|(k, _)| Some(k.1.as_str()))
-                    .collect::<StringArray>(),
-            ),
-            Arc::new(
-                e.iter()
-                    .map(|(k, _)| Some(k.2.as_str()))
-                    .collect::<StringArray>(),
-            ),
-            Arc::new(Int64Array::from(
-                e.iter().map(|(_, r)| r.count).collect::<Vec<_>>(),
-            )),
-            ts(e.iter().map(|(_, r)| r.first).collect()),
-            ts(e.iter().map(|(_, r)| r.last).collect()),
-        ],
-    )?;
+    let mut columns = vec![
+        text(e.iter().map(|(k, _)| Some(k.0.as_str())).collect()),
+        text(e.iter().map(|(k, _)| Some(k.1.as_str())).collect()),
+        text(e.iter().map(|(k, _)| Some(k.2.as_str())).collect()),
+        Arc::new(Int64Array::from(
+            e.iter().map(|(_, r)| r.count).collect::<Vec<_>>(),
+        )) as ArrayRef,
+        ts(e.iter().map(|(_, r)| r.first).collect()),
+        ts(e.iter().map(|(_, r)| r.last).collect()),
+        flag(e.iter().map(|(_, r)| r.in_inventory).collect()),
+    ];
+    let edge_attrs: Vec<&Attrs> = e.iter().map(|(_, r)| &r.attrs).collect();
+    columns.extend(attribute_columns(
+        &edge_attrs,
+        window_tables::EDGE_FLAGS,
+        window_tables::EDGE_TEXTS,
+        window_tables::EDGE_NUMBERS,
+    ));
+    let edges_batch = RecordBatch::try_new(window_tables::edges(), columns)?;
     Ok((nodes_batch, edges_batch))
+}
+
+/// One column per named attribute, null where a row lacks it (or has another type).
+fn attribute_columns(
+    rows: &[&Attrs],
+    flags: &[&str],
+    texts: &[&str],
+    numbers: &[&str],
+) -> Vec<ArrayRef> {
+    let mut out: Vec<ArrayRef> = Vec::new();
+    for name in flags {
+        out.push(Arc::new(
+            rows.iter()
+                .map(|a| a.get(name).and_then(Attr::as_bool))
+                .collect::<BooleanArray>(),
+        ));
+    }
+    for name in texts {
+        out.push(Arc::new(
+            rows.iter()
+                .map(|a| a.get(name).and_then(Attr::as_text))
+                .collect::<StringArray>(),
+        ));
+    }
+    for name in numbers {
+        out.push(Arc::new(
+            rows.iter()
+                .map(|a| match a.get(name) {
+                    Some(Attr::Int(i)) => Some(*i),
+                    _ => None,
+                })
+                .collect::<Int64Array>(),
+        ));
+    }
+    out
 }
 
 fn touch(nodes: &mut BTreeMap<String, NodeRow>, id: &str, row: NodeRow) {
@@ -539,7 +613,7 @@ mod tests {
         let refs = refs.as_any().downcast_ref::<StringArray>().expect("str");
         assert!(refs.iter().any(|r| r == Some("ClusterRole/cluster-admin")));
 
-        let (nodes, edges) = graph(&events).expect("graph");
+        let (nodes, edges) = graph_tables(&events, "c", None, 0).expect("graph");
         assert_eq!(nodes.schema(), window_tables::nodes());
         let kinds = nodes
             .column(1)

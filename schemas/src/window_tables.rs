@@ -11,13 +11,83 @@ fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
 }
 
-/// `nodes`: one row per entity in the window.
+/// Inventory attributes of `nodes` that are flags (null when the entity does not have them).
+pub const NODE_FLAGS: &[&str] = &[
+    "privileged",
+    "host_pid",
+    "host_ipc",
+    "host_network",
+    "share_process_namespace",
+    "may_run_as_root",
+    "allow_privilege_escalation",
+    "read_only_root",
+    "token_mounted",
+    "automount_token",
+    "host_path_mounted",
+    "scanned",
+    "known_exploited",
+];
+
+/// Inventory attributes of `nodes` that are text (lists comma-joined).
+pub const NODE_TEXTS: &[&str] = &[
+    "linux_capabilities",
+    "rbac_capabilities",
+    "host_path",
+    "image",
+    "images",
+    "registry",
+    "digest",
+    "service_type",
+    "ports",
+    "source",
+    "type",
+    "role",
+    "invalid",
+];
+
+/// Inventory attributes of `nodes` that are numbers.
+pub const NODE_NUMBERS: &[&str] = &["vuln_critical", "vuln_high", "vuln_fixable"];
+
+/// Inventory attributes of `edges` that are flags.
+pub const EDGE_FLAGS: &[&str] = &["read_only", "token_mounted"];
+
+/// Inventory attributes of `edges` that are text.
+pub const EDGE_TEXTS: &[&str] = &[
+    "binding",
+    "scope",
+    "rbac_capabilities",
+    "path",
+    "exposure",
+    "port_name",
+];
+
+/// Inventory attributes of `edges` that are numbers.
+pub const EDGE_NUMBERS: &[&str] = &["port"];
+
+fn attribute_fields(flags: &[&str], texts: &[&str], numbers: &[&str]) -> Vec<Field> {
+    let mut out = vec![Field::new("in_inventory", DataType::Boolean, false)];
+    out.extend(
+        flags
+            .iter()
+            .map(|n| Field::new(*n, DataType::Boolean, true)),
+    );
+    out.extend(texts.iter().map(|n| Field::new(*n, DataType::Utf8, true)));
+    out.extend(
+        numbers
+            .iter()
+            .map(|n| Field::new(*n, DataType::Int64, true)),
+    );
+    out
+}
+
+/// `nodes`: one row per entity in the window: what activity touched, and the inventory's
+/// entities within two relations of it, with their typed attributes.
 ///
 /// `id` is `kind/namespace/name` (namespace empty for cluster-scoped entities and users).
 pub fn nodes() -> SchemaRef {
     static S: OnceLock<SchemaRef> = OnceLock::new();
     S.get_or_init(|| {
-        Arc::new(Schema::new(vec![
+        let mut fields = vec![
             Field::new("id", DataType::Utf8, false),
             Field::new("kind", DataType::Utf8, false),
             Field::new("namespace", DataType::Utf8, true),
@@ -27,25 +97,31 @@ pub fn nodes() -> SchemaRef {
             Field::new("is_system", DataType::Boolean, false),
             Field::new("first_seen", ts(), false),
             Field::new("last_seen", ts(), false),
-        ]))
+        ];
+        fields.extend(attribute_fields(NODE_FLAGS, NODE_TEXTS, NODE_NUMBERS));
+        Arc::new(Schema::new(fields))
     })
     .clone()
 }
 
 /// `edges`: one row per relation between two nodes.
 ///
-/// Activity relations (`exec`, `get_secret`, `bind`, `delete`, ...) carry counts and times.
+/// Activity relations (`exec`, `get_secret`, `bind`, `delete`, ...) carry counts and times;
+/// inventory relations (`runs_on`, `uses_sa`, `bound_to`, `mounts`, `exposes`, ...) have
+/// `in_inventory` set, count 0 and the window's end as their times.
 pub fn edges() -> SchemaRef {
     static S: OnceLock<SchemaRef> = OnceLock::new();
     S.get_or_init(|| {
-        Arc::new(Schema::new(vec![
+        let mut fields = vec![
             Field::new("src", DataType::Utf8, false),
             Field::new("dst", DataType::Utf8, false),
             Field::new("type", DataType::Utf8, false),
             Field::new("count", DataType::Int64, false),
             Field::new("first_time", ts(), false),
             Field::new("last_time", ts(), false),
-        ]))
+        ];
+        fields.extend(attribute_fields(EDGE_FLAGS, EDGE_TEXTS, EDGE_NUMBERS));
+        Arc::new(Schema::new(fields))
     })
     .clone()
 }

@@ -460,8 +460,10 @@ impl Inventory {
                     .insert("read_only_root", Attr::Bool(c.read_only_root));
                 e.attrs.insert("role", Attr::Text(c.role.to_string()));
                 e.attrs.insert("image", Attr::Text(c.image.clone()));
-                e.attrs
-                    .insert("capabilities", Attr::Text(c.capabilities_added.join(",")));
+                e.attrs.insert(
+                    "linux_capabilities",
+                    Attr::Text(c.capabilities_added.join(",")),
+                );
                 e.attrs.insert("host_pid", Attr::Bool(spec.host_pid));
                 e.attrs
                     .insert("host_network", Attr::Bool(spec.host_network));
@@ -593,13 +595,15 @@ impl Inventory {
         for (name, rules) in &cluster_rules {
             let caps = rbac::names(&capabilities(rules));
             let e = g.entity("ClusterRole", None, name);
-            e.attrs.insert("capabilities", Attr::Text(caps.clone()));
+            e.attrs
+                .insert("rbac_capabilities", Attr::Text(caps.clone()));
             role_caps.insert(e.id.clone(), caps);
         }
         for r in self.of_kind("Role") {
             let caps = rbac::names(&capabilities(&rules_of(&r.body)));
             let e = g.entity("Role", r.namespace.as_deref(), &r.name);
-            e.attrs.insert("capabilities", Attr::Text(caps.clone()));
+            e.attrs
+                .insert("rbac_capabilities", Attr::Text(caps.clone()));
             role_caps.insert(e.id.clone(), caps);
         }
         for kind in ["RoleBinding", "ClusterRoleBinding"] {
@@ -658,7 +662,8 @@ impl Inventory {
                     let r = g.relate(&subject_id, "bound_to", &role_id);
                     r.attrs.insert("binding", Attr::Text(binding_id.clone()));
                     r.attrs.insert("scope", Attr::Text(scope.clone()));
-                    r.attrs.insert("capabilities", Attr::Text(caps.clone()));
+                    r.attrs
+                        .insert("rbac_capabilities", Attr::Text(caps.clone()));
                 }
             }
         }
@@ -785,7 +790,7 @@ fn workload_template(g: &mut Graph, w: &Stored, spec: &Value) {
         ("host_ipc", p.host_ipc),
         ("host_network", p.host_network),
         (
-            "host_path",
+            "host_path_mounted",
             p.volumes
                 .iter()
                 .any(|(_, v)| matches!(v, VolumeSource::HostPath(_))),
@@ -935,13 +940,13 @@ mod tests {
         assert_eq!(bound.len(), 1);
         assert_eq!(bound[0].dst, "Role/ci/run-pods");
         assert_eq!(
-            bound[0].attrs["capabilities"],
+            bound[0].attrs["rbac_capabilities"],
             Attr::Text("create_pods,exec_pods".into())
         );
         assert_eq!(bound[0].attrs["scope"], Attr::Text("ci".into()));
         let ops: Vec<&Relation> = g.out("Group//ops", "bound_to").collect();
         assert_eq!(
-            ops[0].attrs["capabilities"],
+            ops[0].attrs["rbac_capabilities"],
             Attr::Text("list_secrets".into()),
             "aggregated"
         );
