@@ -108,12 +108,25 @@ pub async fn run(settings: EnrichSettings, ctx: ServiceContext) -> Result<(), En
         Duration::from_millis(settings.idle_flush_ms / 2)
             .clamp(Duration::from_millis(20), Duration::from_millis(250)),
     );
+    let full_every = Duration::from_millis(if settings.full_window_ms == 0 {
+        u64::MAX / 4
+    } else {
+        settings.full_window_ms
+    });
+    let mut full_tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + full_every, full_every);
+    let mut last_full = korvid_common::now_millis();
     loop {
         tokio::select! {
             biased;
             _ = tick.tick() => {
                 let due = e.windows.due(Instant::now());
                 e.publish(due).await;
+            }
+            _ = full_tick.tick(), if settings.full_window_ms != 0 => {
+                let now = korvid_common::now_millis();
+                e.publish_full(last_full, now, settings.max_window_nodes).await;
+                last_full = now;
             }
             msg = e.consumer.next(&ctx.shutdown) => match msg {
                 Some(m) => e.handle(m).await,
@@ -255,6 +268,29 @@ impl Enricher {
                         tracing::error!(error = %err, "window not published before shutdown; its events will be re-read");
                         break;
                     }
+                }
+            }
+        }
+    }
+
+    /// Publishes a window of each cluster's whole inventory.
+    async fn publish_full(&mut self, since: i64, now: i64, max_nodes: usize) {
+        for (cluster, graph) in self.inventories.graphs() {
+            let windows = match crate::tables::full_windows(&cluster, &graph, since, now, max_nodes)
+            {
+                Ok(w) => w,
+                Err(err) => {
+                    tracing::error!(error = %err, %cluster, "building a full window failed");
+                    continue;
+                }
+            };
+            for w in windows {
+                // Best effort: the next full window covers the same ground.
+                match self.producer.send(&self.topic, &w.partition_key, &w).await {
+                    Ok(_) => {
+                        self.metrics.windows.inc();
+                    }
+                    Err(err) => tracing::warn!(error = %err, %cluster, "full window not published"),
                 }
             }
         }

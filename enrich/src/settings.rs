@@ -15,6 +15,11 @@ pub struct EnrichSettings {
     pub idle_flush_ms: u64,
     /// Upper bound on raw events held in open windows; the oldest windows close early beyond it.
     pub max_buffered_events: usize,
+    /// Publish a window of each cluster's whole inventory this often (0: never), so rules see
+    /// everything at least this often, not only what activity touched.
+    pub full_window_ms: u64,
+    /// Entities per window before it is split into several (`split_index` / `split_count`).
+    pub max_window_nodes: usize,
 }
 
 impl Default for EnrichSettings {
@@ -24,6 +29,8 @@ impl Default for EnrichSettings {
             allowed_lateness_ms: 1_000,
             idle_flush_ms: 1_000,
             max_buffered_events: 200_000,
+            full_window_ms: 600_000,
+            max_window_nodes: 20_000,
         }
     }
 }
@@ -43,6 +50,20 @@ impl Validate for EnrichSettings {
             self.max_buffered_events,
             100,
             100_000_000,
+        )?;
+        if self.full_window_ms != 0 {
+            require_range(
+                "enrich.full_window_ms",
+                self.full_window_ms,
+                1_000,
+                86_400_000,
+            )?;
+        }
+        require_range(
+            "enrich.max_window_nodes",
+            self.max_window_nodes,
+            100,
+            10_000_000,
         )?;
         Ok(())
     }

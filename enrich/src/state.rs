@@ -65,6 +65,27 @@ impl Inventories {
         Some(graph.neighbourhood(&seeds, 2))
     }
 
+    /// Every cluster with its whole graph.
+    pub fn graphs(&self) -> Vec<(String, Arc<Graph>)> {
+        let mut clusters = self.lock();
+        let mut out: Vec<(String, Arc<Graph>)> = clusters
+            .iter_mut()
+            .map(|(name, state)| {
+                let g = match &state.graph {
+                    Some(g) => g.clone(),
+                    None => {
+                        let g = Arc::new(state.inventory.graph());
+                        state.graph = Some(g.clone());
+                        g
+                    }
+                };
+                (name.clone(), g)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// Objects and approximate bytes held, over all clusters.
     pub fn size(&self) -> (usize, usize) {
         self.lock().values().fold((0, 0), |(o, b), s| {

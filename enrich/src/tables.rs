@@ -65,7 +65,7 @@ SELECT
   cluster, subject, max(subject_groups) AS subject_groups,
   max(impersonated_user) AS impersonated_user,
   verb, api_group, resource, subresource, namespace, target, response_code, object_ref,
-  array_to_string(array_agg(DISTINCT source_ip), ',') AS source_ips,
+  array_to_string(array_agg(DISTINCT source_ip ORDER BY source_ip), ',') AS source_ips,
   max(user_agent) AS user_agent,
   min(request_uri) AS sample_uri,
   count(*) AS count,
@@ -76,7 +76,8 @@ SELECT
 FROM events
 GROUP BY cluster, subject, verb, api_group, resource, subresource, namespace, target,
          response_code, object_ref
-ORDER BY first_time, subject, verb";
+ORDER BY first_time, subject, verb, api_group, resource, subresource, namespace, target,
+         response_code, object_ref";
 
 /// Aggregates raw events into activity rows with a query planned once.
 pub struct ActivityAggregator {
@@ -131,6 +132,63 @@ impl ActivityAggregator {
             activity: ipc_bytes(&activity)?,
         })
     }
+}
+
+/// Windows of a cluster's whole inventory (`WindowKind::Full`), split into parts of at most
+/// `max_nodes` entities: entities in id order (so namespaces stay together), each part with the
+/// relations leaving its entities and the entities they reach.
+pub fn full_windows(
+    cluster: &str,
+    graph: &Graph,
+    since: i64,
+    now: i64,
+    max_nodes: usize,
+) -> Result<Vec<GraphWindow>, TableError> {
+    let ids: Vec<&String> = graph.entities.keys().collect();
+    let chunks: Vec<&[&String]> = if ids.is_empty() {
+        vec![&[]]
+    } else {
+        ids.chunks(max_nodes.max(1)).collect()
+    };
+    let key = format!("{cluster}/_full");
+    let count = chunks.len() as i32;
+    let mut out = Vec::with_capacity(chunks.len());
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let mut part = Graph::default();
+        for id in chunk {
+            if let Some(e) = graph.entities.get(*id) {
+                part.entities.insert(e.id.clone(), e.clone());
+            }
+        }
+        for (k, r) in &graph.relations {
+            if part.entities.contains_key(&r.src) {
+                if let Some(dst) = graph.entities.get(&r.dst) {
+                    part.entities
+                        .entry(dst.id.clone())
+                        .or_insert_with(|| dst.clone());
+                }
+                part.relations.insert(k.clone(), r.clone());
+            }
+        }
+        let (nodes, edges) = graph_tables(&[], cluster, Some(&part), now)?;
+        let activity = RecordBatch::new_empty(window_tables::activity());
+        out.push(GraphWindow {
+            cluster: cluster.to_string(),
+            event_time: now,
+            window_id: window_id(cluster, &key, since, now, WindowKind::Full, i as i32),
+            kind: WindowKind::Full,
+            partition_key: key.clone(),
+            window_start: since,
+            window_end: now,
+            split_index: i as i32,
+            split_count: count,
+            event_count: 0,
+            nodes: ipc_bytes(&nodes)?,
+            edges: ipc_bytes(&edges)?,
+            activity: ipc_bytes(&activity)?,
+        });
+    }
+    Ok(out)
 }
 
 /// Deterministic window id, so a replayed window yields the same findings.
