@@ -5,6 +5,7 @@
 //! Entry point: [`run`].
 
 pub mod inventory;
+pub mod offline;
 mod service;
 mod settings;
 pub mod state;

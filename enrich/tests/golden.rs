@@ -260,3 +260,76 @@ async fn full_windows_cover_the_inventory_in_parts() {
     let ids: BTreeSet<&str> = windows.iter().map(|w| w.window_id.as_str()).collect();
     assert_eq!(ids.len(), 3, "parts have distinct ids");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_windows_use_the_same_code() {
+    use serde_json::json;
+    let objects = vec![
+        object(
+            "ServiceAccount",
+            "v1",
+            Some("shop"),
+            "web",
+            json!({"metadata": {}}),
+        ),
+        object(
+            "Pod",
+            "v1",
+            Some("shop"),
+            "web-1",
+            json!({"metadata": {},
+            "spec": {"serviceAccountName": "web", "containers": [{"name": "web", "image": "nginx"}]}}),
+        ),
+    ];
+    let events = vec![
+        event(
+            "o-2",
+            "mallory",
+            "create",
+            "pods",
+            Some("exec"),
+            "web-1",
+            1_795_741_203_000,
+        ),
+        event(
+            "o-1",
+            "mallory",
+            "create",
+            "pods",
+            Some("exec"),
+            "web-1",
+            1_795_741_200_100,
+        ),
+        event(
+            "o-1",
+            "mallory",
+            "create",
+            "pods",
+            Some("exec"),
+            "web-1",
+            1_795_741_200_100,
+        ),
+    ];
+    let out = korvid_enrich::offline::windows(&objects, Vec::new(), events, 2_000, 20_000)
+        .await
+        .expect("offline");
+    assert_eq!(out.duplicates, 1);
+    let kinds: Vec<_> = out
+        .windows
+        .iter()
+        .map(|w| (w.partition_key.as_str(), w.kind, w.event_count))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("golden/shop", korvid_schemas::WindowKind::Incremental, 1),
+            ("golden/shop", korvid_schemas::WindowKind::Incremental, 1),
+            ("golden/_full", korvid_schemas::WindowKind::Full, 0),
+        ]
+    );
+    let text = render("nodes", &out.windows[0].nodes);
+    assert!(
+        text.contains("id=Pod/shop/web-1") && text.contains("in_inventory=true"),
+        "{text}"
+    );
+}
