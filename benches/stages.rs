@@ -9,6 +9,8 @@
 //! | ingest.managed | GKE Cloud Audit Logs entries -> AuditEvents | the same events as Kubernetes audit JSON |
 //! | codec | Avro single-object encode+decode | serde_json encode+decode of the same struct |
 //! | enrich.window | DataFusion activity + graph tables + IPC | hand-written HashMap group-by |
+//! | enrich.pipeline | Avro decode + event-time windows + DataFusion tables + IPC, one thread | Avro decode alone |
+//! | enrich.inventory | 10,000-pod cluster applied + graph built (memory printed as a note) | serde_json parse of the same objects |
 //! | detect.rules | full catalog over one window | IPC decode + one hand-written filter |
 //! | notify.dedup | decide + next state + commit | HashMap insert |
 //! | kafka.produce | RecordProducer (Avro, acks=all, idempotent) | raw rdkafka FutureProducer, same bytes |
@@ -19,7 +21,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use korvid_enrich::tables::ActivityAggregator;
-use korvid_enrich::windows::ClosedWindow;
+use korvid_enrich::windows::{ClosedWindow, WindowAssigner, WindowConfig};
 use korvid_ingest::audit::parse_body;
 use korvid_ingest::sanitize::Sanitizer;
 use korvid_schemas::codec::{Decoder, Framing, encode};
@@ -87,6 +89,74 @@ fn as_gke_entry(ev: &serde_json::Value) -> serde_json::Value {
             "requestMetadata": {"callerIp": ev["sourceIPs"][0], "callerSuppliedUserAgent": ev["userAgent"]},
             "status": {"code": 0}}
     })
+}
+
+/// Resident set size of this process (Linux), for memory figures.
+fn rss_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<usize>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// A cluster of `pods` realistic pods in 50 namespaces, each namespace with its service
+/// accounts, a role and binding, and services.
+fn simulated_cluster(pods: usize) -> Vec<ObjectChange> {
+    let change = |v: serde_json::Value| {
+        let meta = &v["metadata"];
+        ObjectChange {
+            cluster: "bench".into(),
+            event_time: 0,
+            op: ObjectOp::Snapshot,
+            uid: meta["uid"].as_str().unwrap_or_default().into(),
+            api_version: v["apiVersion"].as_str().unwrap_or("v1").into(),
+            kind: v["kind"].as_str().unwrap_or_default().into(),
+            namespace: meta["namespace"].as_str().map(str::to_string),
+            name: meta["name"].as_str().unwrap_or_default().into(),
+            resource_version: None,
+            labels: meta["labels"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            object_json: Some(v.to_string()),
+        }
+    };
+    let mut out = Vec::new();
+    for n in 0..50 {
+        let ns = format!("ns{n}");
+        out.push(change(
+            serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "web", "namespace": ns, "uid": format!("sa-{n}")}}),
+        ));
+        out.push(change(serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "app", "namespace": ns, "uid": format!("role-{n}")},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps", "secrets"], "verbs": ["get", "list"]}]})));
+        out.push(change(
+            serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "app", "namespace": ns, "uid": format!("rb-{n}")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "app"},
+            "subjects": [{"kind": "ServiceAccount", "name": "web", "namespace": ns}]}),
+        ));
+        out.push(change(serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": ns, "uid": format!("svc-{n}")},
+            "spec": {"type": if n % 10 == 0 { "LoadBalancer" } else { "ClusterIP" }, "selector": {"app": "web"}}})));
+    }
+    for i in 0..pods {
+        let mut pod = realistic_pod(i);
+        pod["metadata"]["labels"]["app"] = "web".into();
+        pod["metadata"]["namespace"] = format!("ns{}", i % 50).into();
+        out.push(change(pod));
+    }
+    out
 }
 
 fn event_list(n: usize) -> String {
@@ -166,6 +236,7 @@ fn main() {
         .build()
         .expect("runtime");
     let mut rows = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
     let body = event_list(EVENTS);
     let sanitizer = Sanitizer::new(b"bench-key-0123456789");
 
@@ -319,6 +390,88 @@ fn main() {
         baseline,
     });
 
+    // enrich.pipeline: Avro bytes -> decode -> event-time windows -> DataFusion tables + IPC
+    let encoded: Vec<Vec<u8>> = events
+        .iter()
+        .map(|e| encode(e, Framing::SingleObject).expect("encode"))
+        .collect();
+    let korvid = time(5, 3, || {
+        let mut assigner = WindowAssigner::new(WindowConfig {
+            size_ms: 2_000,
+            lateness_ms: 1_000,
+            idle_flush: Duration::from_secs(60),
+            max_buffered: 1_000_000,
+        });
+        let tp = ("bench".to_string(), 0);
+        let now = Instant::now();
+        for (i, b) in encoded.iter().enumerate() {
+            let e = decoder.decode(b).expect("decode");
+            let key = format!(
+                "{}/{}",
+                e.cluster,
+                e.namespace.as_deref().unwrap_or("_cluster")
+            );
+            black_box(assigner.admit(&key, e, &tp, i as i64, now));
+        }
+        for w in assigner.flush_all() {
+            black_box(rt.block_on(agg.graph_window(&w, None)).expect("window"));
+        }
+    });
+    let baseline = time(5, 3, || {
+        for b in &encoded {
+            black_box(decoder.decode(b).expect("decode"));
+        }
+    });
+    rows.push(Row {
+        stage: "enrich.pipeline (1 thread)",
+        unit: "events",
+        items: EVENTS,
+        korvid,
+        baseline,
+    });
+
+    // enrich.inventory: a 10,000-pod cluster applied and turned into its graph
+    let cluster = simulated_cluster(10_000);
+    let rss_before = rss_bytes();
+    let mut inventory = korvid_enrich::inventory::Inventory::default();
+    for c in &cluster {
+        inventory.apply(c);
+    }
+    let rss_after = rss_bytes();
+    let graph = inventory.graph();
+    notes.push(format!(
+        "enrich.inventory: {} objects (10,000 pods) held in ~{:.0} MB (inventory estimate) / {:.0} MB \
+         (process RSS growth); graph {} entities, {} relations",
+        cluster.len(),
+        inventory.size().bytes as f64 / 1e6,
+        rss_after.saturating_sub(rss_before) as f64 / 1e6,
+        graph.entities.len(),
+        graph.relations.len()
+    ));
+    drop(graph);
+    let korvid = time(3, 1, || {
+        let mut inv = korvid_enrich::inventory::Inventory::default();
+        for c in &cluster {
+            inv.apply(c);
+        }
+        black_box(inv.graph());
+    });
+    let baseline = time(3, 1, || {
+        for c in &cluster {
+            black_box(
+                serde_json::from_str::<serde_json::Value>(c.object_json.as_deref().unwrap_or("{}"))
+                    .expect("json"),
+            );
+        }
+    });
+    rows.push(Row {
+        stage: "enrich.inventory (apply + graph)",
+        unit: "objects",
+        items: cluster.len(),
+        korvid,
+        baseline,
+    });
+
     // detect.rules
     let record = rt
         .block_on(agg.graph_window(&window, None))
@@ -416,7 +569,10 @@ fn main() {
         Err(e) => println!("kafka.produce skipped: {e}"),
     }
 
-    let table = print(&rows);
+    let mut table = print(&rows);
+    for n in &notes {
+        table.push_str(&format!("\n- {n}\n"));
+    }
     println!("\n{table}");
     if let Ok(path) = std::env::var("KORVID_BENCH_OUT") {
         let doc = format!(
