@@ -120,6 +120,14 @@ fn samples() -> Vec<Vec<u8>> {
     ]
 }
 
+fn good_event() -> Value {
+    json!({"auditID": "g", "stage": "ResponseComplete", "level": "Request", "verb": "create",
+        "user": {"username": "u", "groups": ["g"]}, "sourceIPs": ["10.0.0.1"],
+        "objectRef": {"resource": "secrets", "namespace": "n", "name": "s"},
+        "requestObject": {"kind": "Secret", "data": {"k": "c2VjcmV0"}},
+        "stageTimestamp": "2026-11-27T01:00:00.000000Z"})
+}
+
 fn sanitizer() -> Sanitizer {
     Sanitizer::new(b"property-test-key-0123")
 }
@@ -164,6 +172,19 @@ proptest! {
             Err(e) => prop_assert!(clear(&e)),
         }
         let _ = parse_documents(v.to_string().as_bytes());
+    }
+
+    #[test]
+    fn the_fast_event_list_path_agrees_with_the_general_one(
+        items in prop::collection::vec(prop_oneof![json_value(), Just(good_event())], 0..6),
+    ) {
+        let body = json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": items}).to_string();
+        let s = sanitizer();
+        let fast = parse_body(body.as_bytes(), "c", &s).expect("an EventList");
+        let general = parse_value(serde_json::from_str(&body).expect("json"), false, "c", &s).expect("an EventList");
+        prop_assert_eq!(&fast.events, &general.events);
+        let kinds = |b: &korvid_ingest::audit::ParsedBatch| b.rejected.iter().map(|(e, _)| e.kind()).collect::<Vec<_>>();
+        prop_assert_eq!(kinds(&fast), kinds(&general));
     }
 
     #[test]
