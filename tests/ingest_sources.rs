@@ -328,6 +328,27 @@ kinds = ["v1/Pod", "v1/Secret", "v1/Event", "rbac.authorization.k8s.io/v1/RoleBi
     assert_eq!(events.len(), 1);
     assert_eq!((events[0].reason.as_str(), events[0].count), ("BackOff", 4));
     assert_eq!(events[0].involved_uid.as_deref(), Some("uid-a"));
+    // ...and enrich carries the Event into a window's kube_events table.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = read_topic(&cfg.bootstrap(), "korvid.graph.windows.v1")
+            .iter()
+            .filter_map(|b| Decoder::<korvid_schemas::GraphWindow>::new().decode(b).ok())
+            .any(|w| {
+                w.partition_key == "e2e/shop"
+                    && !w.kube_events.is_empty()
+                    && String::from_utf8_lossy(&w.kube_events).contains("BackOff")
+            });
+        if found {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no window with the Event:\n{}",
+            korvid.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let scans: Vec<ImageScan> = read_topic(&cfg.bootstrap(), "korvid.image.scans.v1")
         .iter()
         .map(|b| Decoder::<ImageScan>::new().decode(b).expect("ImageScan"))

@@ -59,6 +59,7 @@ impl RuleEngine {
             ("nodes", window_tables::nodes()),
             ("edges", window_tables::edges()),
             ("activity", window_tables::activity()),
+            ("kube_events", window_tables::kube_events()),
         ])?;
         let mut errors = catalog.errors;
         let mut rules = Vec::new();
@@ -115,8 +116,19 @@ impl RuleEngine {
             ("nodes", &window.nodes, window_tables::nodes()),
             ("edges", &window.edges, window_tables::edges()),
             ("activity", &window.activity, window_tables::activity()),
+            (
+                "kube_events",
+                &window.kube_events,
+                window_tables::kube_events(),
+            ),
         ] {
-            let batches = read_ipc(bytes).map_err(|reason| EvalError::BadTable {
+            // Windows without Kubernetes Events carry no kube_events stream at all.
+            let batches = if bytes.is_empty() {
+                Ok(Vec::new())
+            } else {
+                read_ipc(bytes)
+            }
+            .map_err(|reason| EvalError::BadTable {
                 window: window.window_id.clone(),
                 table: name,
                 reason,

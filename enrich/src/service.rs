@@ -8,7 +8,7 @@ use korvid_common::kafka::{
     AtLeastOnceConsumer, Consumed, DeadLetterSource, DeadLetters, KafkaClientError, RecordDecoder,
     RecordProducer,
 };
-use korvid_schemas::AuditEvent;
+use korvid_schemas::{AuditEvent, KubeEvent};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
@@ -44,6 +44,8 @@ struct Enricher {
     producer: RecordProducer,
     dead_letters: DeadLetters,
     decoder: RecordDecoder<AuditEvent>,
+    kube_decoder: RecordDecoder<KubeEvent>,
+    events_topic: String,
     aggregator: ActivityAggregator,
     windows: WindowAssigner,
     topic: String,
@@ -56,9 +58,10 @@ struct Enricher {
 pub async fn run(settings: EnrichSettings, ctx: ServiceContext) -> Result<(), EnrichError> {
     ctx.telemetry.declare(COMPONENT);
     let topics = &ctx.kafka.topics;
-    let consumer = ctx
-        .kafka
-        .consumer(&ctx.kafka.group_id("enrich"), &[&topics.audit])?;
+    let consumer = ctx.kafka.consumer(
+        &ctx.kafka.group_id("enrich"),
+        &[&topics.audit, &topics.events],
+    )?;
     let producer = ctx.kafka.producer()?;
     let t = &ctx.telemetry;
     let metrics = Metrics {
@@ -90,6 +93,8 @@ pub async fn run(settings: EnrichSettings, ctx: ServiceContext) -> Result<(), En
         inventories,
         dead_letters: ctx.kafka.dead_letters(producer.clone()),
         decoder: ctx.kafka.decoder(),
+        kube_decoder: ctx.kafka.decoder(),
+        events_topic: topics.events.clone(),
         aggregator: ActivityAggregator::new().await?,
         windows: WindowAssigner::new(WindowConfig {
             size_ms: settings.window_ms,
@@ -159,7 +164,15 @@ impl Enricher {
             self.windows.mark_done(&tp, offset);
             return;
         };
-        let event = match self.decoder.decode(&bytes).await {
+        let decoded = if msg.topic == self.events_topic {
+            self.kube_decoder
+                .decode(&bytes)
+                .await
+                .map(|ev| crate::tables::window_event(&ev))
+        } else {
+            self.decoder.decode(&bytes).await
+        };
+        let event = match decoded {
             Ok(ev) => ev,
             Err(err) => {
                 self.reject(&err.to_string(), err.kind(), &bytes, source)

@@ -16,7 +16,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use arrow::ipc::writer::StreamWriter;
 use korvid_common::sql::{PreparedQuery, SqlSession};
-use korvid_schemas::{AuditEvent, GraphWindow, WindowKind, window_tables};
+use korvid_schemas::{AuditEvent, GraphWindow, KubeEvent, WindowKind, window_tables};
 use sha2::{Digest, Sha256};
 
 use crate::inventory::{Attr, Attrs, Graph};
@@ -107,8 +107,18 @@ impl ActivityAggregator {
         w: &ClosedWindow,
         inventory: Option<&Graph>,
     ) -> Result<GraphWindow, TableError> {
-        let activity = self.activity(&w.events).await?;
-        let (nodes, edges) = graph_tables(&w.events, &w.cluster, inventory, w.end)?;
+        let (kube, audit): (Vec<AuditEvent>, Vec<AuditEvent>) = w
+            .events
+            .iter()
+            .cloned()
+            .partition(|e| e.level == KUBE_EVENT_LEVEL);
+        let activity = self.activity(&audit).await?;
+        let (nodes, edges) = graph_tables(&audit, &w.cluster, inventory, w.end)?;
+        let kube_events = if kube.is_empty() {
+            Vec::new()
+        } else {
+            ipc_bytes(&kube_events_table(&kube)?)?
+        };
         Ok(GraphWindow {
             cluster: w.cluster.clone(),
             event_time: w.end,
@@ -130,6 +140,7 @@ impl ActivityAggregator {
             nodes: ipc_bytes(&nodes)?,
             edges: ipc_bytes(&edges)?,
             activity: ipc_bytes(&activity)?,
+            kube_events,
         })
     }
 }
@@ -186,9 +197,128 @@ pub fn full_windows(
             nodes: ipc_bytes(&nodes)?,
             edges: ipc_bytes(&edges)?,
             activity: ipc_bytes(&activity)?,
+            kube_events: Vec::new(),
         });
     }
     Ok(out)
+}
+
+/// `level` marking a Kubernetes Event carried through the windows alongside audit events.
+pub const KUBE_EVENT_LEVEL: &str = "KubeEvent";
+
+/// A Kubernetes Event in the shape the windows hold (an AuditEvent that never leaves enrich):
+/// keyed by its involved object's namespace, deduplicated by uid and count, and turned into a
+/// `kube_events` row, not activity, when its window closes.
+pub fn window_event(ev: &KubeEvent) -> AuditEvent {
+    let mut annotations = std::collections::HashMap::new();
+    annotations.insert("message".to_string(), ev.message.clone());
+    annotations.insert("type".to_string(), ev.event_type.clone());
+    annotations.insert("count".to_string(), ev.count.to_string());
+    AuditEvent {
+        cluster: ev.cluster.clone(),
+        event_time: ev.event_time.saturating_mul(1000),
+        audit_id: format!("kube-event:{}:{}", ev.uid, ev.count),
+        stage: ev.event_type.clone(),
+        level: KUBE_EVENT_LEVEL.into(),
+        verb: ev.reason.clone(),
+        request_uri: String::new(),
+        user: ev.source_component.clone().unwrap_or_default(),
+        groups: Vec::new(),
+        impersonated_user: None,
+        source_ips: Vec::new(),
+        user_agent: None,
+        api_group: None,
+        api_version: None,
+        resource: Some(ev.involved_kind.clone()),
+        subresource: None,
+        namespace: ev
+            .involved_namespace
+            .clone()
+            .or_else(|| ev.namespace.clone()),
+        name: Some(ev.involved_name.clone()),
+        response_code: None,
+        annotations,
+        request_object: None,
+    }
+}
+
+/// Kubernetes Events aggregated per (involved object, reason, type).
+fn kube_events_table(events: &[AuditEvent]) -> Result<RecordBatch, ArrowError> {
+    struct Row<'a> {
+        source: &'a str,
+        message: &'a str,
+        /// Highest `count` seen per Event object (uid): Kubernetes folds repeats into one Event.
+        counts: BTreeMap<&'a str, i64>,
+        first: i64,
+        last: i64,
+    }
+    type Key<'a> = (&'a str, Option<&'a str>, &'a str, &'a str, &'a str, &'a str);
+    let mut rows: BTreeMap<Key<'_>, Row<'_>> = BTreeMap::new();
+    for e in events {
+        let t = e.event_time.div_euclid(1000);
+        let key = (
+            e.cluster.as_str(),
+            e.namespace.as_deref(),
+            e.resource.as_deref().unwrap_or(""),
+            e.name.as_deref().unwrap_or(""),
+            e.verb.as_str(),
+            e.stage.as_str(),
+        );
+        let row = rows.entry(key).or_insert(Row {
+            source: &e.user,
+            message: "",
+            counts: BTreeMap::new(),
+            first: t,
+            last: t,
+        });
+        // audit_id is `kube-event:<uid>:<count>`.
+        let (uid, count) = e
+            .audit_id
+            .strip_prefix("kube-event:")
+            .and_then(|rest| rest.rsplit_once(':'))
+            .map_or((e.audit_id.as_str(), 1), |(uid, n)| {
+                (uid, n.parse().unwrap_or(1))
+            });
+        let seen = row.counts.entry(uid).or_insert(0);
+        *seen = (*seen).max(count);
+        row.first = row.first.min(t);
+        if t >= row.last {
+            row.last = t;
+            row.message = e.annotations.get("message").map_or("", String::as_str);
+            row.source = &e.user;
+        }
+    }
+    let r: Vec<(&Key<'_>, &Row<'_>)> = rows.iter().collect();
+    let text = |v: Vec<Option<&str>>| -> ArrayRef { Arc::new(StringArray::from(v)) };
+    let ts = |v: Vec<i64>| -> ArrayRef {
+        Arc::new(TimestampMillisecondArray::from(v).with_timezone("UTC"))
+    };
+    let involved: Vec<String> = r.iter().map(|(k, _)| node_id(k.2, k.1, k.3)).collect();
+    RecordBatch::try_new(
+        window_tables::kube_events(),
+        vec![
+            text(r.iter().map(|(k, _)| Some(k.0)).collect()),
+            text(r.iter().map(|(k, _)| k.1).collect()),
+            text(r.iter().map(|(k, _)| Some(k.2)).collect()),
+            text(r.iter().map(|(k, _)| Some(k.3)).collect()),
+            text(involved.iter().map(|s| Some(s.as_str())).collect()),
+            text(r.iter().map(|(k, _)| Some(k.4)).collect()),
+            text(r.iter().map(|(k, _)| Some(k.5)).collect()),
+            text(r.iter().map(|(_, v)| Some(v.message)).collect()),
+            text(
+                r.iter()
+                    .map(|(_, v)| (!v.source.is_empty()).then_some(v.source))
+                    .collect(),
+            ),
+            Arc::new(Int64Array::from(
+                r.iter()
+                    .map(|(_, v)| v.counts.values().sum::<i64>())
+                    .collect::<Vec<_>>(),
+            )),
+            ts(r.iter().map(|(_, v)| v.first).collect()),
+            ts(r.iter().map(|(_, v)| v.last).collect()),
+        ],
+    )
 }
 
 /// Deterministic window id, so a replayed window yields the same findings.
@@ -355,6 +485,13 @@ fn subject_node(e: &AuditEvent) -> (String, Option<String>, String) {
 pub fn touched_ids(events: &[AuditEvent]) -> std::collections::BTreeSet<String> {
     let mut out = std::collections::BTreeSet::new();
     for e in events {
+        if e.level == KUBE_EVENT_LEVEL {
+            // A Kubernetes Event touches the object it is about (its `resource` is the kind).
+            if let (Some(kind), Some(name)) = (e.resource.as_deref(), e.name.as_deref()) {
+                out.insert(node_id(kind, e.namespace.as_deref(), name));
+            }
+            continue;
+        }
         let (kind, ns, name) = subject_node(e);
         out.insert(node_id(&kind, ns.as_deref(), &name));
         if let (Some(resource), Some(name)) = (e.resource.as_deref(), e.name.as_deref()) {

@@ -160,6 +160,24 @@ async fn build() -> GraphWindow {
             1_795_741_201_500,
         ),
     ];
+    let mut events = events;
+    events.push(korvid_enrich::tables::window_event(
+        &korvid_schemas::KubeEvent {
+            cluster: "golden".into(),
+            event_time: 1_795_741_201_000,
+            uid: "ev-1".into(),
+            namespace: Some("shop".into()),
+            event_type: "Warning".into(),
+            reason: "BackOff".into(),
+            message: "Back-off restarting failed container web".into(),
+            involved_kind: "Pod".into(),
+            involved_namespace: Some("shop".into()),
+            involved_name: "web-1".into(),
+            involved_uid: None,
+            source_component: Some("kubelet".into()),
+            count: 3,
+        },
+    ));
     let graph = inv.graph();
     let seeds: BTreeSet<String> = touched_ids(&events);
     let around = graph.neighbourhood(&seeds, 2);
@@ -210,8 +228,8 @@ async fn fixed_inputs_give_byte_stable_windows() {
         a.event_count,
         render("nodes", &a.nodes),
         render("edges", &a.edges),
-        render("activity", &a.activity)
-    );
+        render("activity", &a.activity),
+    ) + &render("kube_events", &a.kube_events);
     if std::env::var_os("KORVID_BLESS").is_some() {
         std::fs::write(GOLDEN, &text).expect("write golden");
         return;

@@ -308,6 +308,10 @@ pub struct GraphWindow {
     #[serde(with = "apache_avro::serde::bytes")]
     #[avro(with = apache_avro::serde::bytes::get_schema_in_ctxt)]
     pub activity: Vec<u8>,
+    /// Arrow IPC stream of the `kube_events` table (empty bytes: no Kubernetes Events).
+    #[serde(default, with = "apache_avro::serde::bytes")]
+    #[avro(with = apache_avro::serde::bytes::get_schema_in_ctxt, default = "\"\"")]
+    pub kube_events: Vec<u8>,
 }
 
 /// Tactics of the Microsoft Threat Matrix for Kubernetes.

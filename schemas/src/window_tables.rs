@@ -155,3 +155,25 @@ pub fn activity() -> SchemaRef {
     })
     .clone()
 }
+
+/// `kube_events`: Kubernetes Events in the window, one row per (involved object, reason, type).
+pub fn kube_events() -> SchemaRef {
+    static S: OnceLock<SchemaRef> = OnceLock::new();
+    S.get_or_init(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("cluster", DataType::Utf8, false),
+            Field::new("namespace", DataType::Utf8, true),
+            Field::new("involved_kind", DataType::Utf8, false),
+            Field::new("involved_name", DataType::Utf8, false),
+            Field::new("involved", DataType::Utf8, false),
+            Field::new("reason", DataType::Utf8, false),
+            Field::new("type", DataType::Utf8, false),
+            Field::new("message", DataType::Utf8, false),
+            Field::new("source", DataType::Utf8, true),
+            Field::new("count", DataType::Int64, false),
+            Field::new("first_time", ts(), false),
+            Field::new("last_time", ts(), false),
+        ]))
+    })
+    .clone()
+}

@@ -145,6 +145,7 @@ fn samples() -> (
         nodes: vec![1, 2, 3],
         edges: vec![],
         activity: vec![0xff; 300],
+        kube_events: vec![7, 7],
     };
     let f = finding();
     let alert = Alert {
