@@ -78,8 +78,11 @@ pub async fn windows(
             let seeds: BTreeSet<String> = touched_ids(&w.events);
             g.neighbourhood(&seeds, 2)
         });
-        out.windows
-            .push(aggregator.graph_window(&w, around.as_ref()).await?);
+        out.windows.extend(
+            aggregator
+                .graph_windows(&w, around.as_ref(), max_nodes)
+                .await?,
+        );
     }
     let end = out.windows.iter().map(|w| w.window_end).max().unwrap_or(0);
     for (cluster, g) in &graphs {

@@ -8,7 +8,7 @@ use korvid_common::kafka::{
     AtLeastOnceConsumer, Consumed, DeadLetterSource, DeadLetters, KafkaClientError, RecordDecoder,
     RecordProducer,
 };
-use korvid_schemas::{AuditEvent, KubeEvent};
+use korvid_schemas::{AuditEvent, GraphWindow, KubeEvent};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
@@ -51,6 +51,8 @@ struct Enricher {
     topic: String,
     metrics: Metrics,
     inventories: Inventories,
+    /// Entities per window before it is split.
+    max_nodes: usize,
     ctx: ServiceContext,
 }
 
@@ -91,6 +93,7 @@ pub async fn run(settings: EnrichSettings, ctx: ServiceContext) -> Result<(), En
     let follower = crate::state::follow(inventories.clone(), &ctx)?;
     let mut e = Enricher {
         inventories,
+        max_nodes: settings.max_window_nodes,
         dead_letters: ctx.kafka.dead_letters(producer.clone()),
         decoder: ctx.kafka.decoder(),
         kube_decoder: ctx.kafka.decoder(),
@@ -234,7 +237,11 @@ impl Enricher {
             let around = self
                 .inventories
                 .around(&w.cluster, namespace, &touched_ids(&w.events));
-            let record = match self.aggregator.graph_window(&w, around.as_ref()).await {
+            let records = match self
+                .aggregator
+                .graph_windows(&w, around.as_ref(), self.max_nodes)
+                .await
+            {
                 Ok(r) => r,
                 Err(err) => {
                     // A bug, not bad input: keep the evidence and move on.
@@ -259,28 +266,42 @@ impl Enricher {
                     continue;
                 }
             };
-            let mut backoff = Duration::from_millis(200);
-            loop {
-                match self
-                    .producer
-                    .send(&self.topic, &record.partition_key, &record)
-                    .await
-                {
-                    Ok(_) => {
-                        self.metrics.windows.inc();
-                        tracing::debug!(window = %record.window_id, key = %record.partition_key, events = record.event_count, "window published");
-                        self.windows.published(&w.offsets);
-                        break;
-                    }
-                    Err(err) if !self.ctx.shutdown.is_triggered() => {
-                        tracing::warn!(error = %err, "publishing a window failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                    Err(err) => {
-                        tracing::error!(error = %err, "window not published before shutdown; its events will be re-read");
-                        break;
-                    }
+            let mut all_published = true;
+            for record in &records {
+                if !self.send_window(record).await {
+                    all_published = false;
+                    break;
+                }
+            }
+            // Offsets move only once every part is in Kafka; a replay rebuilds the same ids.
+            if all_published {
+                self.windows.published(&w.offsets);
+            }
+        }
+    }
+
+    /// Sends one window, retrying until Kafka takes it; `false` when shutdown came first.
+    async fn send_window(&mut self, record: &GraphWindow) -> bool {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self
+                .producer
+                .send(&self.topic, &record.partition_key, record)
+                .await
+            {
+                Ok(_) => {
+                    self.metrics.windows.inc();
+                    tracing::debug!(window = %record.window_id, key = %record.partition_key, events = record.event_count, split = record.split_index, "window published");
+                    return true;
+                }
+                Err(err) if !self.ctx.shutdown.is_triggered() => {
+                    tracing::warn!(error = %err, "publishing a window failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "window not published before shutdown; its events will be re-read");
+                    return false;
                 }
             }
         }

@@ -100,8 +100,40 @@ impl ActivityAggregator {
         conform(&window_tables::activity(), &out)
     }
 
-    /// Builds the whole GraphWindow record for a closed window, with `inventory` (the part of
-    /// the inventory around the window's entities) merged into its `nodes` and `edges`.
+    /// Builds the GraphWindow records of a closed window: one, or several when the inventory
+    /// around it exceeds `max_nodes` entities (each part then carries the window's activity
+    /// with its share of the inventory, so rules still join the two within a part).
+    pub async fn graph_windows(
+        &self,
+        w: &ClosedWindow,
+        inventory: Option<&Graph>,
+        max_nodes: usize,
+    ) -> Result<Vec<GraphWindow>, TableError> {
+        let parts = match inventory {
+            Some(g) if g.entities.len() > max_nodes => graph_parts(g, max_nodes),
+            _ => return Ok(vec![self.graph_window(w, inventory).await?]),
+        };
+        let count = parts.len() as i32;
+        let mut out = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            let mut record = self.graph_window(w, Some(part)).await?;
+            record.split_index = i as i32;
+            record.split_count = count;
+            record.window_id = window_id(
+                &w.cluster,
+                &w.key,
+                w.start,
+                w.end,
+                WindowKind::Incremental,
+                i as i32,
+            );
+            out.push(record);
+        }
+        Ok(out)
+    }
+
+    /// Builds the GraphWindow record for a closed window, with `inventory` (the part of the
+    /// inventory around the window's entities) merged into its `nodes` and `edges`.
     pub async fn graph_window(
         &self,
         w: &ClosedWindow,
@@ -155,33 +187,12 @@ pub fn full_windows(
     now: i64,
     max_nodes: usize,
 ) -> Result<Vec<GraphWindow>, TableError> {
-    let ids: Vec<&String> = graph.entities.keys().collect();
-    let chunks: Vec<&[&String]> = if ids.is_empty() {
-        vec![&[]]
-    } else {
-        ids.chunks(max_nodes.max(1)).collect()
-    };
+    let parts = graph_parts(graph, max_nodes);
     let key = format!("{cluster}/_full");
-    let count = chunks.len() as i32;
-    let mut out = Vec::with_capacity(chunks.len());
-    for (i, chunk) in chunks.into_iter().enumerate() {
-        let mut part = Graph::default();
-        for id in chunk {
-            if let Some(e) = graph.entities.get(*id) {
-                part.entities.insert(e.id.clone(), e.clone());
-            }
-        }
-        for (k, r) in &graph.relations {
-            if part.entities.contains_key(&r.src) {
-                if let Some(dst) = graph.entities.get(&r.dst) {
-                    part.entities
-                        .entry(dst.id.clone())
-                        .or_insert_with(|| dst.clone());
-                }
-                part.relations.insert(k.clone(), r.clone());
-            }
-        }
-        let (nodes, edges) = graph_tables(&[], cluster, Some(&part), now)?;
+    let count = parts.len() as i32;
+    let mut out = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        let (nodes, edges) = graph_tables(&[], cluster, Some(part), now)?;
         let activity = RecordBatch::new_empty(window_tables::activity());
         out.push(GraphWindow {
             cluster: cluster.to_string(),
@@ -201,6 +212,37 @@ pub fn full_windows(
         });
     }
     Ok(out)
+}
+
+/// `graph` cut into parts of at most `max_nodes` entities (in id order, so namespaces stay
+/// together); each part keeps the relations leaving its entities and the entities they reach.
+/// An empty graph is one empty part.
+pub fn graph_parts(graph: &Graph, max_nodes: usize) -> Vec<Graph> {
+    let ids: Vec<&String> = graph.entities.keys().collect();
+    if ids.len() <= max_nodes.max(1) {
+        return vec![graph.clone()];
+    }
+    ids.chunks(max_nodes.max(1))
+        .map(|chunk| {
+            let mut part = Graph::default();
+            for id in chunk {
+                if let Some(e) = graph.entities.get(*id) {
+                    part.entities.insert(e.id.clone(), e.clone());
+                }
+            }
+            for (k, r) in &graph.relations {
+                if part.entities.contains_key(&r.src) {
+                    if let Some(dst) = graph.entities.get(&r.dst) {
+                        part.entities
+                            .entry(dst.id.clone())
+                            .or_insert_with(|| dst.clone());
+                    }
+                    part.relations.insert(k.clone(), r.clone());
+                }
+            }
+            part
+        })
+        .collect()
 }
 
 /// `level` marking a Kubernetes Event carried through the windows alongside audit events.

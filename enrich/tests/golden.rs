@@ -351,3 +351,58 @@ async fn offline_windows_use_the_same_code() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_windows_split_and_every_part_keeps_the_activity() {
+    use serde_json::json;
+    let mut inv = Inventory::default();
+    let mut events = Vec::new();
+    for i in 0..12 {
+        let name = format!("sa-{i:02}");
+        inv.apply(&object(
+            "ServiceAccount",
+            "v1",
+            Some("shop"),
+            &name,
+            json!({"metadata": {}}),
+        ));
+        events.push(event(
+            &format!("s-{i}"),
+            &format!("system:serviceaccount:shop:{name}"),
+            "list",
+            "secrets",
+            None,
+            "x",
+            1_795_741_200_100 + i,
+        ));
+    }
+    let around = inv.graph().neighbourhood(&touched_ids(&events), 2);
+    let window = ClosedWindow {
+        key: "golden/shop".into(),
+        cluster: "golden".into(),
+        start: 1_795_741_200_000,
+        end: 1_795_741_202_000,
+        events,
+        offsets: Vec::new(),
+    };
+    let agg = ActivityAggregator::new().await.expect("aggregator");
+    let parts = agg
+        .graph_windows(&window, Some(&around), 5)
+        .await
+        .expect("windows");
+    assert_eq!(parts.len(), 3);
+    let ids: BTreeSet<&str> = parts.iter().map(|w| w.window_id.as_str()).collect();
+    assert_eq!(ids.len(), 3);
+    for (i, p) in parts.iter().enumerate() {
+        assert_eq!((p.split_index, p.split_count), (i as i32, 3));
+        assert_eq!(
+            p.activity, parts[0].activity,
+            "each part carries the activity"
+        );
+    }
+    let single = agg
+        .graph_windows(&window, Some(&around), 20_000)
+        .await
+        .expect("one");
+    assert_eq!(single.len(), 1);
+}

@@ -163,6 +163,22 @@ impl Graph {
     }
 }
 
+/// Approximate heap bytes of a JSON tree (allocations and their bookkeeping, not its text).
+fn approx_bytes(v: &Value) -> usize {
+    const NODE: usize = 32;
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => NODE,
+        Value::String(s) => NODE + s.capacity(),
+        Value::Array(a) => NODE + a.capacity() * NODE + a.iter().map(approx_bytes).sum::<usize>(),
+        Value::Object(m) => {
+            NODE + m
+                .iter()
+                .map(|(k, v)| 48 + k.capacity() + approx_bytes(v))
+                .sum::<usize>()
+        }
+    }
+}
+
 /// `Kind/namespace/name`.
 pub fn entity_id(kind: &str, namespace: Option<&str>, name: &str) -> String {
     format!("{kind}/{}/{name}", namespace.unwrap_or(""))
@@ -176,6 +192,8 @@ struct Stored {
     name: String,
     labels: BTreeMap<String, String>,
     body: Value,
+    /// Approximate heap bytes of this entry.
+    bytes: usize,
 }
 
 /// Every object and image scan of one cluster.
@@ -189,6 +207,8 @@ pub struct Inventory {
     scans: BTreeMap<String, ImageScan>,
     /// Digest of the newest scan of each `registry/repository:tag`.
     scans_by_ref: HashMap<String, String>,
+    /// Approximate heap bytes of `objects`, kept as they come and go.
+    bytes: usize,
 }
 
 /// Summary of what an inventory holds, for metrics.
@@ -209,7 +229,9 @@ impl Inventory {
             let id = self.by_uid.remove(&change.uid).unwrap_or_else(|| {
                 entity_id(&change.kind, change.namespace.as_deref(), &change.name)
             });
-            self.objects.remove(&id);
+            if let Some(old) = self.objects.remove(&id) {
+                self.bytes -= old.bytes;
+            }
             return Some(id);
         }
         let body: Value = change
@@ -219,9 +241,12 @@ impl Inventory {
             .unwrap_or(Value::Null);
         let id = entity_id(&change.kind, change.namespace.as_deref(), &change.name);
         self.by_uid.insert(change.uid.clone(), id.clone());
-        self.objects.insert(
+        let bytes = 256 + approx_bytes(&body) + 2 * change.uid.len() + 2 * id.len();
+        self.bytes += bytes;
+        if let Some(old) = self.objects.insert(
             id.clone(),
             Stored {
+                bytes,
                 kind: change.kind.clone(),
                 namespace: change.namespace.clone(),
                 name: change.name.clone(),
@@ -232,14 +257,18 @@ impl Inventory {
                     .collect(),
                 body,
             },
-        );
+        ) {
+            self.bytes -= old.bytes;
+        }
         Some(id)
     }
 
     /// Removes an object by its topic key's uid (a tombstone).
     pub fn forget_uid(&mut self, uid: &str) -> Option<String> {
         let id = self.by_uid.remove(uid)?;
-        self.objects.remove(&id);
+        if let Some(old) = self.objects.remove(&id) {
+            self.bytes -= old.bytes;
+        }
         Some(id)
     }
 
@@ -261,11 +290,7 @@ impl Inventory {
         InventorySize {
             objects: self.objects.len(),
             scans: self.scans.len(),
-            bytes: self
-                .objects
-                .values()
-                .map(|o| 128 + o.body.to_string().len())
-                .sum::<usize>()
+            bytes: self.bytes
                 + self
                     .scans
                     .values()
@@ -1002,6 +1027,22 @@ mod tests {
             g.out("Node//n1", "identity")
                 .any(|r| r.dst == "User//system:node:n1")
         );
+    }
+
+    #[test]
+    fn size_follows_applies_replacements_and_deletes() {
+        let mut inv = Inventory::default();
+        let pod = json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"n"},
+            "spec":{"containers":[{"name":"c","image":"nginx"}]}});
+        inv.apply(&change(pod.clone()));
+        let one = inv.size().bytes;
+        assert!(one > 500, "{one}");
+        inv.apply(&change(pod.clone()));
+        assert_eq!(inv.size().bytes, one, "a replacement is not counted twice");
+        let mut gone = change(pod);
+        gone.op = ObjectOp::Delete;
+        inv.apply(&gone);
+        assert_eq!((inv.size().objects, inv.size().bytes), (0, 0));
     }
 
     #[test]
