@@ -12,7 +12,7 @@ use korvid_schemas::{Decoder, ImageScan, ObjectChange};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
-use crate::inventory::{Graph, Inventory};
+use crate::inventory::{Adjacency, Graph, Inventory};
 
 /// Readiness component: ready once the inventory has caught up.
 pub const COMPONENT: &str = "enrich.inventory";
@@ -20,10 +20,23 @@ pub const COMPONENT: &str = "enrich.inventory";
 #[derive(Default)]
 struct ClusterState {
     inventory: Inventory,
-    /// The graph of the inventory as it is now; `None` after a change.
-    graph: Option<Arc<Graph>>,
+    /// The graph of the inventory as it is now, with its adjacency; `None` after a change.
+    graph: Option<(Arc<Graph>, Arc<Adjacency>)>,
     /// Entities changed since the last window, by namespace (`""` for cluster-scoped ones).
     changed: HashMap<String, BTreeSet<String>>,
+}
+
+impl ClusterState {
+    /// The graph (and its adjacency), rebuilt only after a change.
+    fn current(&mut self) -> (Arc<Graph>, Arc<Adjacency>) {
+        if let Some((g, a)) = &self.graph {
+            return (g.clone(), a.clone());
+        }
+        let g = Arc::new(self.inventory.graph());
+        let a = Arc::new(g.adjacency());
+        self.graph = Some((g.clone(), a.clone()));
+        (g, a)
+    }
 }
 
 /// Every cluster's inventory, shared by the follower task and the window builder.
@@ -53,16 +66,9 @@ impl Inventories {
         if let Some(changed) = state.changed.remove(namespace) {
             seeds.extend(changed);
         }
-        let graph = match &state.graph {
-            Some(g) => g.clone(),
-            None => {
-                let g = Arc::new(state.inventory.graph());
-                state.graph = Some(g.clone());
-                g
-            }
-        };
+        let (graph, adjacency) = state.current();
         drop(clusters);
-        Some(graph.neighbourhood(&seeds, 2))
+        Some(graph.neighbourhood_in(&adjacency, &seeds, 2))
     }
 
     /// Every cluster with its whole graph.
@@ -70,17 +76,7 @@ impl Inventories {
         let mut clusters = self.lock();
         let mut out: Vec<(String, Arc<Graph>)> = clusters
             .iter_mut()
-            .map(|(name, state)| {
-                let g = match &state.graph {
-                    Some(g) => g.clone(),
-                    None => {
-                        let g = Arc::new(state.inventory.graph());
-                        state.graph = Some(g.clone());
-                        g
-                    }
-                };
-                (name.clone(), g)
-            })
+            .map(|(name, state)| (name.clone(), state.current().0))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out

@@ -126,11 +126,29 @@ impl Graph {
 
     /// The sub-graph within `hops` relations (either direction) of `seeds`.
     pub fn neighbourhood(&self, seeds: &BTreeSet<String>, hops: usize) -> Graph {
-        let mut adjacent: HashMap<&str, Vec<&str>> = HashMap::new();
-        for r in self.relations.values() {
-            adjacent.entry(&r.src).or_default().push(&r.dst);
-            adjacent.entry(&r.dst).or_default().push(&r.src);
+        self.neighbourhood_in(&self.adjacency(), seeds, hops)
+    }
+
+    /// For each entity, the relations touching it (build once, reuse for many neighbourhoods).
+    pub fn adjacency(&self) -> Adjacency {
+        let mut map: HashMap<String, Vec<RelationKey>> = HashMap::new();
+        for k in self.relations.keys() {
+            map.entry(k.0.clone()).or_default().push(k.clone());
+            if k.2 != k.0 {
+                map.entry(k.2.clone()).or_default().push(k.clone());
+            }
         }
+        Adjacency(map)
+    }
+
+    /// [`Graph::neighbourhood`] with a prebuilt adjacency: cost follows the neighbourhood's
+    /// size, not the graph's.
+    pub fn neighbourhood_in(
+        &self,
+        adjacency: &Adjacency,
+        seeds: &BTreeSet<String>,
+        hops: usize,
+    ) -> Graph {
         let mut keep: BTreeSet<&str> = seeds
             .iter()
             .filter(|s| self.entities.contains_key(*s))
@@ -140,28 +158,42 @@ impl Graph {
         for _ in 0..hops {
             let mut next = Vec::new();
             for id in frontier {
-                for n in adjacent.get(id).into_iter().flatten() {
-                    if keep.insert(n) {
-                        next.push(*n);
+                for (src, _, dst) in adjacency.0.get(id).into_iter().flatten() {
+                    let other = if src == id { dst } else { src };
+                    if keep.insert(other) {
+                        next.push(other.as_str());
                     }
                 }
             }
             frontier = next;
+        }
+        let mut relations = BTreeMap::new();
+        for id in &keep {
+            for key in adjacency.0.get(*id).into_iter().flatten() {
+                if keep.contains(key.0.as_str())
+                    && keep.contains(key.2.as_str())
+                    && let Some(r) = self.relations.get(key)
+                {
+                    relations.entry(key.clone()).or_insert_with(|| r.clone());
+                }
+            }
         }
         Graph {
             entities: keep
                 .iter()
                 .filter_map(|id| self.entities.get(*id).map(|e| (e.id.clone(), e.clone())))
                 .collect(),
-            relations: self
-                .relations
-                .iter()
-                .filter(|(_, r)| keep.contains(r.src.as_str()) && keep.contains(r.dst.as_str()))
-                .map(|(k, r)| (k.clone(), r.clone()))
-                .collect(),
+            relations,
         }
     }
 }
+
+/// Key of a relation: (src, kind, dst).
+pub type RelationKey = (String, &'static str, String);
+
+/// The relations touching each entity of a [`Graph`].
+#[derive(Debug, Default)]
+pub struct Adjacency(HashMap<String, Vec<RelationKey>>);
 
 /// Approximate heap bytes of a JSON tree (allocations and their bookkeeping, not its text).
 fn approx_bytes(v: &Value) -> usize {
