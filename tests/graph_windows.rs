@@ -98,9 +98,10 @@ spec:
     )
     .await;
 
+    let event_ms = now_ms();
     post_ok(
         &cfg.webhook_url(),
-        exec_batch("gw-exec-1", "ops", "agent-0", "mallory", now_ms()),
+        exec_batch("gw-exec-1", "ops", "agent-0", "mallory", event_ms),
     )
     .await;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -110,6 +111,13 @@ spec:
             .filter_map(|b| Decoder::<GraphWindow>::new().decode(b).ok())
             .find(|w| w.partition_key == "e2e/ops");
         if let Some(w) = found {
+            // A figure, not a check: event time to window readable from its topic.
+            eprintln!(
+                "window latency: {} ms (window {} ms, idle flush {} ms)",
+                now_ms() - event_ms,
+                2000,
+                500
+            );
             break w;
         }
         assert!(
