@@ -75,15 +75,7 @@ spec:
 "#,
     )
     .expect("write");
-    let import = std::process::Command::new(env!("CARGO_BIN_EXE_korvid"))
-        .arg("--config")
-        .arg(cfg.config_path())
-        .arg("import")
-        .arg(&manifests)
-        .env("KORVID__KAFKA__BOOTSTRAP_SERVERS", cfg.bootstrap())
-        .env("KORVID__TELEMETRY__LISTEN", "")
-        .output()
-        .expect("korvid import");
+    let import = korvid_import(cfg, &manifests);
     assert!(
         import.status.success(),
         "{}",

@@ -516,15 +516,7 @@ async fn planted_secrets_reach_no_topic_from_any_source() {
         format!("password: [{PLANT}\n"),
     )
     .expect("write");
-    let import = std::process::Command::new(env!("CARGO_BIN_EXE_korvid"))
-        .arg("--config")
-        .arg(cfg.config_path())
-        .arg("import")
-        .arg(&manifests)
-        .env("KORVID__KAFKA__BOOTSTRAP_SERVERS", cfg.bootstrap())
-        .env("KORVID__TELEMETRY__LISTEN", "")
-        .output()
-        .expect("run korvid import");
+    let import = korvid_import(&cfg, &manifests);
     let stdout = String::from_utf8_lossy(&import.stdout);
     let stderr = String::from_utf8_lossy(&import.stderr);
     assert_eq!(

@@ -79,6 +79,18 @@ fn event(
     }
 }
 
+/// The shop namespace's window from 01:00:00 to 01:00:02.
+fn closed(events: Vec<AuditEvent>) -> ClosedWindow {
+    ClosedWindow {
+        key: "golden/shop".into(),
+        cluster: "golden".into(),
+        start: 1_795_741_200_000,
+        end: 1_795_741_202_000,
+        events,
+        offsets: Vec::new(),
+    }
+}
+
 async fn build() -> GraphWindow {
     use serde_json::json;
     let mut inv = Inventory::default();
@@ -181,14 +193,7 @@ async fn build() -> GraphWindow {
     let graph = inv.graph();
     let seeds: BTreeSet<String> = touched_ids(&events);
     let around = graph.neighbourhood(&seeds, 2);
-    let window = ClosedWindow {
-        key: "golden/shop".into(),
-        cluster: "golden".into(),
-        start: 1_795_741_200_000,
-        end: 1_795_741_202_000,
-        events,
-        offsets: Vec::new(),
-    };
+    let window = closed(events);
     let agg = ActivityAggregator::new().await.expect("aggregator");
     agg.graph_window(&window, Some(&around))
         .await
@@ -377,14 +382,7 @@ async fn large_windows_split_and_every_part_keeps_the_activity() {
         ));
     }
     let around = inv.graph().neighbourhood(&touched_ids(&events), 2);
-    let window = ClosedWindow {
-        key: "golden/shop".into(),
-        cluster: "golden".into(),
-        start: 1_795_741_200_000,
-        end: 1_795_741_202_000,
-        events,
-        offsets: Vec::new(),
-    };
+    let window = closed(events);
     let agg = ActivityAggregator::new().await.expect("aggregator");
     let parts = agg
         .graph_windows(&window, Some(&around), 5)

@@ -294,6 +294,19 @@ pub async fn stack() -> Stack {
     }
 }
 
+/// Runs `korvid import PATH` against this korvid's Kafka, with its config (cluster, key).
+pub fn korvid_import(cfg: &KorvidConfig, path: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_korvid"))
+        .arg("--config")
+        .arg(cfg.config_path())
+        .arg("import")
+        .arg(path)
+        .env("KORVID__KAFKA__BOOTSTRAP_SERVERS", cfg.bootstrap())
+        .env("KORVID__TELEMETRY__LISTEN", "")
+        .output()
+        .expect("run korvid import")
+}
+
 /// POSTs `body` to `url` and expects 200.
 pub async fn post_ok(url: &str, body: String) {
     let resp = http().post(url).body(body).send().await.expect("post");
