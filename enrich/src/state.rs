@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use korvid_common::ServiceContext;
 use korvid_common::kafka::{FeedEvent, KafkaClientError};
@@ -14,27 +15,37 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::inventory::{Adjacency, Graph, Inventory};
 
+/// Shortest time between two rebuilds of a cluster's graph while objects keep changing.
+const REBUILD_EVERY: Duration = Duration::from_secs(2);
+
 /// Readiness component: ready once the inventory has caught up.
 pub const COMPONENT: &str = "enrich.inventory";
 
 #[derive(Default)]
 struct ClusterState {
     inventory: Inventory,
-    /// The graph of the inventory as it is now, with its adjacency; `None` after a change.
-    graph: Option<(Arc<Graph>, Arc<Adjacency>)>,
+    /// The graph of the inventory, with its adjacency, and when it was built.
+    graph: Option<(Arc<Graph>, Arc<Adjacency>, Instant)>,
+    /// Whether objects changed since the graph was built.
+    dirty: bool,
     /// Entities changed since the last window, by namespace (`""` for cluster-scoped ones).
     changed: HashMap<String, BTreeSet<String>>,
 }
 
 impl ClusterState {
-    /// The graph (and its adjacency), rebuilt only after a change.
+    /// The graph (and its adjacency), rebuilt after a change but at most once per
+    /// [`REBUILD_EVERY`]: real clusters update pod status constantly, and a graph a second or
+    /// two old is still the right neighbourhood (the changed entities are seeded regardless).
     fn current(&mut self) -> (Arc<Graph>, Arc<Adjacency>) {
-        if let Some((g, a)) = &self.graph {
+        if let Some((g, a, built)) = &self.graph
+            && (!self.dirty || built.elapsed() < REBUILD_EVERY)
+        {
             return (g.clone(), a.clone());
         }
         let g = Arc::new(self.inventory.graph());
         let a = Arc::new(g.adjacency());
-        self.graph = Some((g.clone(), a.clone()));
+        self.graph = Some((g.clone(), a.clone(), Instant::now()));
+        self.dirty = false;
         (g, a)
     }
 }
@@ -108,7 +119,7 @@ impl Inventories {
                         .or_default()
                         .insert(id);
                 }
-                state.graph = None;
+                state.dirty = true;
                 Ok(())
             }
             None => {
@@ -123,7 +134,7 @@ impl Inventories {
                 if let Some(state) = clusters.get_mut(cluster)
                     && state.inventory.forget_uid(uid).is_some()
                 {
-                    state.graph = None;
+                    state.dirty = true;
                 }
                 Ok(())
             }
@@ -136,7 +147,7 @@ impl Inventories {
         let mut clusters = self.lock();
         let state = clusters.entry(scan.cluster.clone()).or_default();
         state.inventory.apply_scan(scan);
-        state.graph = None;
+        state.dirty = true;
         Ok(())
     }
 }
