@@ -1,6 +1,7 @@
 //! The `korvid` binary: parses the command line, loads settings, starts telemetry and hands
 //! over to the services. Service logic lives in the service crates.
 
+mod rules_cmd;
 mod settings;
 mod up;
 
@@ -53,6 +54,21 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Work with the rule catalog (built-in rules plus detect.rules_dirs).
+    Rules {
+        #[command(subcommand)]
+        action: RulesAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesAction {
+    /// Every rule, grouped by tactic.
+    List,
+    /// Run every rule's embedded positive and negative examples; exit 1 on a failure.
+    Test,
+    /// Check that every rule loads, plans, and has techniques, references and examples.
+    Lint,
 }
 
 fn main() -> ExitCode {
@@ -71,6 +87,7 @@ fn main() -> ExitCode {
             }
         };
     let service = match &cli.command {
+        Command::Rules { .. } => "rules",
         Command::Import { .. } => "import",
         Command::Up => "up",
         Command::Ingest => "ingest",
@@ -99,6 +116,23 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Command::Rules { action } => {
+            let ok = match action {
+                RulesAction::List => Ok(rules_cmd::list(&settings)),
+                RulesAction::Test => runtime.block_on(rules_cmd::test(&settings)),
+                RulesAction::Lint => runtime.block_on(rules_cmd::lint(&settings)),
+            };
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            drop(guard);
+            return match ok {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("korvid: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Command::Import { paths } => runtime.block_on(up::import(&paths, settings)),
         _ => runtime.block_on(up::run(service, settings)),
     };

@@ -10,6 +10,6 @@ mod service;
 mod settings;
 
 pub use engine::RuleEngine;
-pub use rules::{Rule, RuleCatalog, RuleLoadError};
+pub use rules::{AuditExample, Example, Examples, Rule, RuleCatalog, RuleLoadError};
 pub use service::run;
 pub use settings::DetectSettings;

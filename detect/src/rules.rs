@@ -36,8 +36,79 @@ pub struct Rule {
     pub prevention: String,
     /// Further reading.
     pub references: Vec<String>,
+    /// Embedded scenarios the rule must fire on (`positive`) and stay quiet on (`negative`).
+    pub examples: Examples,
     /// Where it was loaded from.
     pub source: String,
+}
+
+/// A rule's embedded examples (`korvid rules test` runs them).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Examples {
+    /// Scenarios the rule must find.
+    #[serde(default)]
+    pub positive: Vec<Example>,
+    /// Scenarios the rule must not find.
+    #[serde(default)]
+    pub negative: Vec<Example>,
+}
+
+/// One scenario: objects in the cluster and audited requests, as compact YAML.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Example {
+    /// What the scenario is.
+    pub name: String,
+    /// Kubernetes objects (manifests; namespace defaults to `default`).
+    #[serde(default)]
+    pub objects: Vec<serde_json::Value>,
+    /// Audited requests, in order.
+    #[serde(default)]
+    pub audit: Vec<AuditExample>,
+}
+
+/// One audited request, with what detection reads and sensible defaults for the rest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditExample {
+    /// `user.username` (a service account as `system:serviceaccount:ns:name`).
+    pub user: String,
+    /// `user.groups`.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// `verb`.
+    pub verb: String,
+    /// `objectRef.apiGroup` (empty for core).
+    #[serde(default)]
+    pub api_group: Option<String>,
+    /// `objectRef.resource`.
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// `objectRef.subresource`.
+    #[serde(default)]
+    pub subresource: Option<String>,
+    /// `objectRef.namespace`.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// `objectRef.name`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `responseStatus.code` (default 200).
+    #[serde(default)]
+    pub code: Option<i32>,
+    /// `requestObject`.
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+    /// `sourceIPs`.
+    #[serde(default)]
+    pub source_ips: Vec<String>,
+    /// `userAgent`.
+    #[serde(default)]
+    pub user_agent: Option<String>,
+    /// How many times the request is repeated (default 1).
+    #[serde(default)]
+    pub repeat: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -55,6 +126,8 @@ struct RuleFile {
     prevention: String,
     #[serde(default)]
     references: Vec<String>,
+    #[serde(default)]
+    examples: Examples,
 }
 
 /// A rule file that could not be loaded; the other rules still load.
@@ -199,6 +272,7 @@ fn parse_rule(source: &str, text: &str) -> Result<Rule, RuleLoadError> {
         remediation: squash(&f.remediation),
         prevention: squash(&f.prevention),
         references: f.references,
+        examples: f.examples,
         source: source.to_string(),
     })
 }

@@ -118,7 +118,7 @@ const CLUSTER_SCOPED: &[&str] = &[
 
 /// A manifest without `metadata.namespace` lands in `default` when applied (kubectl's default
 /// context); a dump from the API always has it. Cluster-scoped kinds are left alone.
-fn default_namespace(object: &mut Value) {
+pub fn default_namespace(object: &mut Value) {
     let kind = object
         .get("kind")
         .and_then(Value::as_str)
