@@ -2,6 +2,7 @@
 //! over to the services. Service logic lives in the service crates.
 
 mod rules_cmd;
+mod scan;
 mod settings;
 mod up;
 
@@ -54,11 +55,40 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Offline detection on files: manifests, `kubectl get -A -o json` dumps, audit logs (every
+    /// format ingest reads) and Trivy/Grype reports, recognised by content, judged by the same
+    /// inventory, window and rule code as the pipeline. Exit 0: nothing at or above --fail-on;
+    /// 1: something is; 2: usage error or unreadable input.
+    Scan {
+        /// Files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: scan::Format,
+        /// Lowest severity that makes the exit code 1 (`low`, `medium`, `high`, `critical`,
+        /// or `none`).
+        #[arg(long, default_value = "high", value_parser = parse_fail_on)]
+        fail_on: FailOn,
+    },
     /// Work with the rule catalog (built-in rules plus detect.rules_dirs).
     Rules {
         #[command(subcommand)]
         action: RulesAction,
     },
+}
+
+/// `--fail-on`: a severity, or never.
+#[derive(Clone, Copy, Debug)]
+struct FailOn(Option<korvid_schemas::Severity>);
+
+fn parse_fail_on(s: &str) -> Result<FailOn, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(FailOn(None));
+    }
+    korvid_schemas::Severity::parse(s)
+        .map(|sev| FailOn(Some(sev)))
+        .ok_or_else(|| format!("`{s}`: expected low, medium, high, critical or none"))
 }
 
 #[derive(Subcommand)]
@@ -88,6 +118,7 @@ fn main() -> ExitCode {
         };
     let service = match &cli.command {
         Command::Rules { .. } => "rules",
+        Command::Scan { .. } => "scan",
         Command::Import { .. } => "import",
         Command::Up => "up",
         Command::Ingest => "ingest",
@@ -129,6 +160,22 @@ fn main() -> ExitCode {
                 Ok(false) => ExitCode::FAILURE,
                 Err(e) => {
                     eprintln!("korvid: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Command::Scan {
+            paths,
+            format,
+            fail_on,
+        } => {
+            let code = runtime.block_on(scan::run(&paths, format, fail_on.0, &settings));
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            drop(guard);
+            return match code {
+                Ok(c) => ExitCode::from(c),
+                Err(e) => {
+                    eprintln!("korvid scan: {e:#}");
                     ExitCode::from(2)
                 }
             };

@@ -133,6 +133,15 @@ pub fn default_namespace(object: &mut Value) {
 }
 
 fn collect_files(path: &Path, files: &mut Vec<PathBuf>, refused: &mut Vec<Refused>) {
+    collect_files_with(path, &["yaml", "yml", "json"], files, refused);
+}
+
+fn collect_files_with(
+    path: &Path,
+    extensions: &[&str],
+    files: &mut Vec<PathBuf>,
+    refused: &mut Vec<Refused>,
+) {
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => {
             let mut entries: Vec<PathBuf> = match std::fs::read_dir(path) {
@@ -149,11 +158,12 @@ fn collect_files(path: &Path, files: &mut Vec<PathBuf>, refused: &mut Vec<Refuse
                     continue;
                 }
                 if p.is_dir() {
-                    collect_files(&p, files, refused);
-                } else if matches!(
-                    p.extension().and_then(|e| e.to_str()),
-                    Some("yaml" | "yml" | "json")
-                ) {
+                    collect_files_with(&p, extensions, files, refused);
+                } else if p
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| extensions.contains(&e))
+                {
                     files.push(p);
                 }
             }
@@ -242,6 +252,27 @@ fn check_depth(v: Value) -> Result<Value, String> {
     } else {
         Ok(v)
     }
+}
+
+/// The Kubernetes objects in one document: Lists expanded, namespace-less namespaced objects
+/// put in `default` (as `kubectl apply` would).
+pub fn objects_in(doc: Value) -> Vec<Value> {
+    let mut objects = expand_lists(doc);
+    for o in &mut objects {
+        default_namespace(o);
+    }
+    objects
+}
+
+/// Every file below `paths` (directories walked, hidden entries skipped), and the paths that
+/// could not be read.
+pub fn files_below(paths: &[PathBuf], extensions: &[&str]) -> (Vec<PathBuf>, Vec<Refused>) {
+    let mut files = Vec::new();
+    let mut refused = Vec::new();
+    for p in paths {
+        collect_files_with(p, extensions, &mut files, &mut refused);
+    }
+    (files, refused)
 }
 
 /// `List`s (and `*List` kinds such as `PodList`) become their items; anything else is itself.
