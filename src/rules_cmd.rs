@@ -132,8 +132,17 @@ pub async fn test(settings: &KorvidSettings) -> anyhow::Result<bool> {
 async fn findings_of(engine: &RuleEngine, rule: &Rule, example: &Example) -> anyhow::Result<usize> {
     let sanitizer = Sanitizer::new(b"korvid-rule-examples");
     let mut objects = Vec::new();
+    let mut scans = Vec::new();
     for (i, o) in example.objects.iter().enumerate() {
         let mut o = o.clone();
+        if o.get("kind").and_then(|k| k.as_str()) == Some("VulnerabilityReport") {
+            // As the watcher does: a Trivy Operator report is an image scan, not an object.
+            scans.push(
+                korvid_ingest::scans::vulnerability_report(&o, CLUSTER, START_MS)
+                    .with_context(|| format!("object {}", i + 1))?,
+            );
+            continue;
+        }
         korvid_ingest::snapshot::default_namespace(&mut o);
         objects.push(
             korvid_ingest::objects::object_change(
@@ -153,7 +162,7 @@ async fn findings_of(engine: &RuleEngine, rule: &Rule, example: &Example) -> any
             events.push(audit_event(a, i, n, &sanitizer));
         }
     }
-    let out = korvid_enrich::offline::windows(&objects, Vec::new(), events, 2_000, 20_000).await?;
+    let out = korvid_enrich::offline::windows(&objects, scans, events, 2_000, 20_000).await?;
     let mut hits = 0;
     for w in &out.windows {
         let eval = engine.evaluate(w, START_MS).await?;
