@@ -24,6 +24,16 @@ RULES = {
     "pod-security-policy/allow-privilege-escalation": {"KOR-0108"},
     "pod-security-policy/users": {"KOR-0108"},
     "pod-security-policy/read-only-root-filesystem": {"KOR-0114"},
+    "pod-security-policy/seccomp": {"KOR-0115"},
+    "pod-security-policy/seccompv2": {"KOR-0115"},
+    "pod-security-policy/apparmor": {"KOR-0116"},
+    "pod-security-policy/selinux": {"KOR-0117"},
+    "pod-security-policy/proc-mount": {"KOR-0118"},
+    "pod-security-policy/forbidden-sysctls": {"KOR-0119"},
+    "pod-security-policy/host-process": {"KOR-0120"},
+    "pod-security-policy/host-probes-lifecycle": {"KOR-0121"},
+    "pod-security-policy/volumes": {"KOR-0122", "KOR-0102", "KOR-0113"},
+    "pod-security-policy/flexvolume-drivers": {"KOR-0122"},
 }
 
 

@@ -166,6 +166,9 @@ async fn findings_of(engine: &RuleEngine, rule: &Rule, example: &Example) -> any
     let mut hits = 0;
     for w in &out.windows {
         let eval = engine.evaluate(w, START_MS).await?;
+        if let Some((_, err)) = eval.failed_rules.iter().find(|(id, _)| *id == rule.id) {
+            anyhow::bail!("the query failed: {err}");
+        }
         hits += eval
             .findings
             .iter()

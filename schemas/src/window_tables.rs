@@ -26,6 +26,10 @@ pub const NODE_FLAGS: &[&str] = &[
     "host_path_mounted",
     "scanned",
     "known_exploited",
+    "selinux_custom",
+    "proc_mount_unmasked",
+    "host_process",
+    "probe_host",
 ];
 
 /// Inventory attributes of `nodes` that are text (lists comma-joined).
@@ -43,6 +47,11 @@ pub const NODE_TEXTS: &[&str] = &[
     "type",
     "role",
     "invalid",
+    "seccomp_profile",
+    "apparmor_profile",
+    "unsafe_sysctls",
+    "flex_volume_drivers",
+    "volume_types",
 ];
 
 /// Inventory attributes of `nodes` that are numbers.

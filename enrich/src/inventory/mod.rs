@@ -433,6 +433,7 @@ impl Inventory {
         let ns = pod.namespace.as_deref();
         let spec = pod_spec(
             pod.body.get("spec").unwrap_or(&Value::Null),
+            pod.body.pointer("/metadata/annotations"),
             pod.body.get("status"),
         );
         let pod_id = entity_id("Pod", ns, &pod.name);
@@ -462,6 +463,27 @@ impl Inventory {
                 "privileged",
                 Attr::Bool(spec.containers.iter().any(|c| c.privileged)),
             );
+            e.attrs
+                .insert("unsafe_sysctls", Attr::Text(spec.unsafe_sysctls.join(",")));
+            e.attrs.insert(
+                "flex_volume_drivers",
+                Attr::Text(spec.flex_drivers.join(",")),
+            );
+            let mut kinds: Vec<String> = spec
+                .volumes
+                .iter()
+                .map(|(_, v)| match v {
+                    VolumeSource::HostPath(_) => "hostPath".to_string(),
+                    VolumeSource::Secret(_) => "secret".to_string(),
+                    VolumeSource::ConfigMap(_) => "configMap".to_string(),
+                    VolumeSource::Claim(_) => "persistentVolumeClaim".to_string(),
+                    VolumeSource::ServiceAccountToken => "projected".to_string(),
+                    VolumeSource::Other(k) => k.clone(),
+                })
+                .collect();
+            kinds.sort();
+            kinds.dedup();
+            e.attrs.insert("volume_types", Attr::Text(kinds.join(",")));
         }
         g.entity("ServiceAccount", ns, &spec.service_account);
         g.relate(&pod_id, "uses_sa", &sa_id)
@@ -516,6 +538,16 @@ impl Inventory {
                 e.attrs
                     .insert("read_only_root", Attr::Bool(c.read_only_root));
                 e.attrs.insert("role", Attr::Text(c.role.to_string()));
+                e.attrs
+                    .insert("seccomp_profile", Attr::Text(c.seccomp.clone()));
+                e.attrs
+                    .insert("apparmor_profile", Attr::Text(c.apparmor.clone()));
+                e.attrs
+                    .insert("selinux_custom", Attr::Bool(c.selinux_custom));
+                e.attrs
+                    .insert("proc_mount_unmasked", Attr::Bool(c.proc_mount_unmasked));
+                e.attrs.insert("host_process", Attr::Bool(c.host_process));
+                e.attrs.insert("probe_host", Attr::Bool(c.probe_host));
                 e.attrs.insert("image", Attr::Text(c.image.clone()));
                 e.attrs.insert(
                     "linux_capabilities",
@@ -833,7 +865,7 @@ fn owners(g: &mut Graph, o: &Stored) {
 
 /// A workload's pod template summarised on the workload entity (what its pods will be).
 fn workload_template(g: &mut Graph, w: &Stored, spec: &Value) {
-    let p = pod_spec(spec, None);
+    let p = pod_spec(spec, None, None);
     let id = entity_id(&w.kind, w.namespace.as_deref(), &w.name);
     let sa = g
         .entity("ServiceAccount", w.namespace.as_deref(), &p.service_account)

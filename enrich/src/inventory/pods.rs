@@ -31,6 +31,20 @@ pub struct ContainerSpec {
     pub env_from_configmaps: Vec<String>,
     /// `init`, `ephemeral` or `app`.
     pub role: &'static str,
+    /// Effective seccomp profile: `Unconfined`, `RuntimeDefault`, `Localhost/<file>`, or empty
+    /// when none is set (the runtime's default then applies: unconfined on most nodes).
+    pub seccomp: String,
+    /// Effective AppArmor profile, same spelling; empty when none is set.
+    pub apparmor: String,
+    /// SELinux options beyond the container types Pod Security allows (a custom user or role,
+    /// or a type other than `container_t`, `container_init_t`, `container_kvm_t`).
+    pub selinux_custom: bool,
+    /// `procMount: Unmasked`.
+    pub proc_mount_unmasked: bool,
+    /// `windowsOptions.hostProcess`.
+    pub host_process: bool,
+    /// A probe or lifecycle handler aimed at another host (`host` set).
+    pub probe_host: bool,
 }
 
 /// One volume of a pod.
@@ -73,10 +87,29 @@ pub struct PodSpec {
     pub volumes: Vec<(String, VolumeSource)>,
     /// Image digests from `status.containerStatuses[].imageID`, by container name.
     pub image_ids: Vec<(String, String)>,
+    /// Sysctls set in the pod's security context that are not in Kubernetes' safe set.
+    pub unsafe_sysctls: Vec<String>,
+    /// FlexVolume drivers used by its volumes.
+    pub flex_drivers: Vec<String>,
 }
 
-/// Reads the pod spec at `spec` (a Pod's `spec`, or a workload's `spec.template.spec`).
-pub fn pod_spec(spec: &Value, status: Option<&Value>) -> PodSpec {
+/// Sysctls Kubernetes considers safe (namespaced, isolated from the node and other pods).
+const SAFE_SYSCTLS: &[&str] = &[
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+];
+
+/// Reads the pod spec at `spec` (a Pod's `spec`, or a workload's `spec.template.spec`), with the
+/// pod's annotations (older seccomp and AppArmor settings live there).
+pub fn pod_spec(spec: &Value, annotations: Option<&Value>, status: Option<&Value>) -> PodSpec {
     let b = |p: &str| spec.pointer(p).and_then(Value::as_bool).unwrap_or(false);
     let pod_sc = spec.get("securityContext");
     let mut out = PodSpec {
@@ -111,9 +144,20 @@ pub fn pod_spec(spec: &Value, status: Option<&Value>) -> PodSpec {
             .into_iter()
             .flatten()
         {
-            out.containers.push(container(c, pod_sc, role));
+            out.containers.push(container(c, pod_sc, annotations, role));
         }
     }
+    out.unsafe_sysctls = pod_sc
+        .and_then(|sc| sc.get("sysctls"))
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(|s| s.get("name").and_then(Value::as_str))
+                .filter(|n| !SAFE_SYSCTLS.contains(n))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
     for v in spec
         .get("volumes")
         .and_then(Value::as_array)
@@ -125,6 +169,9 @@ pub fn pod_spec(spec: &Value, status: Option<&Value>) -> PodSpec {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
+        if let Some(d) = v.pointer("/flexVolume/driver").and_then(Value::as_str) {
+            out.flex_drivers.push(d.to_string());
+        }
         out.volumes.push((name, volume_source(v)));
     }
     if let Some(statuses) = status
@@ -148,7 +195,54 @@ pub fn pod_spec(spec: &Value, status: Option<&Value>) -> PodSpec {
     out
 }
 
-fn container(c: &Value, pod_sc: Option<&Value>, role: &'static str) -> ContainerSpec {
+/// `Unconfined`, `RuntimeDefault` or `Localhost/<file>` from a securityContext profile object.
+fn profile_of(p: Option<&Value>) -> Option<String> {
+    let p = p?;
+    let kind = p.get("type").and_then(Value::as_str)?;
+    Some(match p.get("localhostProfile").and_then(Value::as_str) {
+        Some(file) if kind == "Localhost" => format!("Localhost/{file}"),
+        _ => kind.to_string(),
+    })
+}
+
+/// The same spelling from an annotation value (`unconfined`, `runtime/default`,
+/// `docker/default`, `localhost/<file>`).
+fn profile_of_annotation(v: &str) -> String {
+    match v {
+        "unconfined" => "Unconfined".into(),
+        "runtime/default" | "docker/default" => "RuntimeDefault".into(),
+        other => match other.strip_prefix("localhost/") {
+            Some(file) => format!("Localhost/{file}"),
+            None => other.to_string(),
+        },
+    }
+}
+
+/// Whether any probe or lifecycle handler of `c` targets a `host`.
+fn probes_other_host(c: &Value) -> bool {
+    let handler_host = |h: &Value| {
+        ["httpGet", "tcpSocket"].iter().any(|k| {
+            h.pointer(&format!("/{k}/host"))
+                .and_then(Value::as_str)
+                .is_some_and(|s| !s.is_empty())
+        })
+    };
+    ["livenessProbe", "readinessProbe", "startupProbe"]
+        .iter()
+        .filter_map(|p| c.get(*p))
+        .any(handler_host)
+        || ["postStart", "preStop"]
+            .iter()
+            .filter_map(|p| c.pointer(&format!("/lifecycle/{p}")))
+            .any(handler_host)
+}
+
+fn container(
+    c: &Value,
+    pod_sc: Option<&Value>,
+    annotations: Option<&Value>,
+    role: &'static str,
+) -> ContainerSpec {
     let s = |p: &str| {
         c.pointer(p)
             .and_then(Value::as_str)
@@ -252,8 +346,60 @@ fn container(c: &Value, pod_sc: Option<&Value>, role: &'static str) -> Container
     env_from_secrets.dedup();
     env_from_configmaps.sort();
     env_from_configmaps.dedup();
+    let name = s("/name");
+    let annotation = |key: String| {
+        annotations
+            .and_then(|a| a.get(&key))
+            .and_then(Value::as_str)
+            .map(profile_of_annotation)
+    };
+    let seccomp = profile_of(sc.and_then(|x| x.get("seccompProfile")))
+        .or_else(|| profile_of(pod_sc.and_then(|x| x.get("seccompProfile"))))
+        .or_else(|| {
+            annotation(format!(
+                "container.seccomp.security.alpha.kubernetes.io/{name}"
+            ))
+        })
+        .or_else(|| annotation("seccomp.security.alpha.kubernetes.io/pod".into()))
+        .unwrap_or_default();
+    let apparmor = profile_of(sc.and_then(|x| x.get("appArmorProfile")))
+        .or_else(|| profile_of(pod_sc.and_then(|x| x.get("appArmorProfile"))))
+        .or_else(|| {
+            annotation(format!(
+                "container.apparmor.security.beta.kubernetes.io/{name}"
+            ))
+        })
+        .unwrap_or_default();
+    let selinux = sc
+        .and_then(|x| x.get("seLinuxOptions"))
+        .or_else(|| pod_sc.and_then(|x| x.get("seLinuxOptions")));
+    let selinux_custom = selinux.is_some_and(|o| {
+        let set = |k: &str| {
+            o.get(k)
+                .and_then(Value::as_str)
+                .is_some_and(|v| !v.is_empty())
+        };
+        set("user")
+            || set("role")
+            || o.get("type").and_then(Value::as_str).is_some_and(|t| {
+                !t.is_empty()
+                    && !matches!(t, "container_t" | "container_init_t" | "container_kvm_t")
+            })
+    });
+    let host_process = sc
+        .and_then(|x| x.pointer("/windowsOptions/hostProcess"))
+        .or_else(|| pod_sc.and_then(|x| x.pointer("/windowsOptions/hostProcess")))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     ContainerSpec {
-        name: s("/name"),
+        seccomp,
+        apparmor,
+        selinux_custom,
+        proc_mount_unmasked: sc.and_then(|x| x.get("procMount")).and_then(Value::as_str)
+            == Some("Unmasked"),
+        host_process,
+        probe_host: probes_other_host(c),
+        name,
         image: s("/image"),
         privileged: flag("privileged") == Some(true),
         capabilities_added: caps,
@@ -313,7 +459,7 @@ mod tests {
                 "volumeMounts": [{"name": "root", "mountPath": "/host"}, {"name": "ssh", "mountPath": "/s", "readOnly": true}],
                 "envFrom": [{"secretRef": {"name": "db"}}]}],
             "volumes": [{"name": "root", "hostPath": {"path": "/"}}, {"name": "ssh", "hostPath": {"path": "/root/.ssh"}}]});
-        let p = pod_spec(&spec, None);
+        let p = pod_spec(&spec, None, None);
         assert!(p.host_pid && !p.host_network);
         let c = &p.containers[0];
         assert!(c.privileged && !c.may_run_as_root && c.allow_privilege_escalation);
