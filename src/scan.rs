@@ -204,6 +204,9 @@ fn classify(
         }
         match korvid_ingest::audit::parse_value(doc, true, cluster, sanitizer) {
             Ok(batch) => {
+                for e in &batch.events {
+                    object_from_request(e, origin, cluster, sanitizer, inputs);
+                }
                 inputs.events.extend(batch.events);
                 for (e, _) in batch.rejected {
                     inputs.refused.push((at.to_string(), e.to_string()));
@@ -259,6 +262,54 @@ fn classify(
             }
             Err(e) => inputs.refused.push((at.to_string(), e.to_string())),
         }
+    }
+}
+
+/// A successful create or update carries the whole object it wrote (already sanitised): with
+/// no watcher offline, that is the best record of what the cluster holds.
+fn object_from_request(
+    e: &AuditEvent,
+    origin: &str,
+    cluster: &str,
+    sanitizer: &Sanitizer,
+    inputs: &mut Inputs,
+) {
+    let written = matches!(e.verb.as_str(), "create" | "update")
+        && e.subresource.is_none()
+        && e.response_code.is_none_or(|c| c < 400);
+    let Some(body) = e.request_object.as_deref().filter(|_| written) else {
+        return;
+    };
+    let Ok(mut object) = serde_json::from_str::<Value>(body) else {
+        return;
+    };
+    if !object.get("kind").is_some_and(Value::is_string) {
+        return;
+    }
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        if let Some(ns) = &e.namespace {
+            meta.entry("namespace")
+                .or_insert_with(|| Value::String(ns.clone()));
+        }
+        if let Some(name) = &e.name {
+            meta.entry("name")
+                .or_insert_with(|| Value::String(name.clone()));
+        }
+    }
+    if let Ok(c) =
+        korvid_ingest::objects::object_change(cluster, ObjectOp::Upsert, object, None, sanitizer, 0)
+    {
+        let id = format!(
+            "{}/{}/{}",
+            c.kind,
+            c.namespace.as_deref().unwrap_or(""),
+            c.name
+        );
+        inputs
+            .origins
+            .entry(id)
+            .or_insert_with(|| origin.to_string());
+        inputs.objects.push(c);
     }
 }
 
