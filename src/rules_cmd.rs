@@ -194,7 +194,7 @@ fn audit_event(a: &AuditExample, index: usize, repeat: u32, sanitizer: &Sanitize
         stage: "ResponseComplete".into(),
         level: "RequestResponse".into(),
         verb: a.verb.clone(),
-        request_uri: path,
+        request_uri: a.uri.clone().unwrap_or(path),
         user: a.user.clone(),
         groups: a.groups.clone(),
         impersonated_user: None,

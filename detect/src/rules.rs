@@ -109,6 +109,9 @@ pub struct AuditExample {
     /// How many times the request is repeated (default 1).
     #[serde(default)]
     pub repeat: Option<u32>,
+    /// `requestURI` (default: built from the object reference).
+    #[serde(default)]
+    pub uri: Option<String>,
 }
 
 #[derive(Deserialize)]
