@@ -124,6 +124,27 @@ impl SqlSession {
         Ok(())
     }
 
+    /// Runs several prepared queries over the tables' current contents, each on its own task
+    /// (so a multi-threaded runtime spreads them over its cores); results in query order.
+    pub async fn run_all(&self, queries: &[&PreparedQuery]) -> Vec<Result<Vec<RecordBatch>>> {
+        let tasks: Vec<_> = queries
+            .iter()
+            .map(|q| {
+                let ctx = self.ctx.clone();
+                let plan = q.plan.clone();
+                tokio::spawn(async move { ctx.execute_logical_plan(plan).await?.collect().await })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            out.push(match t.await {
+                Ok(r) => r,
+                Err(e) => Err(DataFusionError::Internal(format!("query task failed: {e}"))),
+            });
+        }
+        out
+    }
+
     /// Runs a prepared query over the tables' current contents.
     pub async fn run(&self, query: &PreparedQuery) -> Result<Vec<RecordBatch>> {
         self.ctx

@@ -142,8 +142,10 @@ impl RuleEngine {
                 })?;
         }
         let mut out = Evaluation::default();
-        for (rule, query) in &self.rules {
-            match self.session.run(query).await {
+        let queries: Vec<&PreparedQuery> = self.rules.iter().map(|(_, q)| q).collect();
+        let results = self.session.run_all(&queries).await;
+        for ((rule, _), result) in self.rules.iter().zip(results) {
+            match result {
                 Ok(batches) => {
                     for b in &batches {
                         out.findings
