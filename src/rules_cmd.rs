@@ -197,7 +197,7 @@ fn audit_event(a: &AuditExample, index: usize, repeat: u32, sanitizer: &Sanitize
         request_uri: a.uri.clone().unwrap_or(path),
         user: a.user.clone(),
         groups: a.groups.clone(),
-        impersonated_user: None,
+        impersonated_user: a.impersonate.clone(),
         source_ips: if a.source_ips.is_empty() {
             vec!["10.0.0.10".into()]
         } else {

@@ -112,6 +112,9 @@ pub struct AuditExample {
     /// `requestURI` (default: built from the object reference).
     #[serde(default)]
     pub uri: Option<String>,
+    /// `impersonatedUser.username`, when the request impersonated someone.
+    #[serde(default)]
+    pub impersonate: Option<String>,
 }
 
 #[derive(Deserialize)]
