@@ -6,7 +6,7 @@ KORVID_TOOLS ?= $(HOME)/.cache/korvid/tools
 export KORVID_TOOLS
 WEBHOOK ?= http://127.0.0.1:9440/audit/webhook
 
-.PHONY: help setup build up send-sample test lint fmt bench ci clean-data
+.PHONY: help setup build up send-sample test lint fmt bench bench-scan ci clean-data
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -38,6 +38,14 @@ test: setup lint ## The whole suite: lint, unit, integration and end-to-end test
 bench: setup ## Stage benchmarks against same-run baselines (release build); writes BENCHMARKS.md
 	KORVID_BENCH_OUT=$(CURDIR)/BENCHMARKS.md KORVID_BENCH_DATE=$$(date -u +%FT%TZ) \
 	  $(CARGO) bench --bench stages
+
+CHECKOV_VENV ?= $(HOME)/.cache/korvid/checkov-venv
+
+bench-scan: ## korvid scan vs checkov on 1,000 manifests from ../shared/corpora (installs checkov from PyPI into a cached venv)
+	@test -x $(CHECKOV_VENV)/bin/checkov || { echo "bench-scan: installing checkov into $(CHECKOV_VENV)"; \
+	  python3 -m venv $(CHECKOV_VENV) && $(CHECKOV_VENV)/bin/pip install -q checkov; }
+	$(CARGO) build --release --bin korvid
+	$(CHECKOV_VENV)/bin/python scripts/bench_scan_vs_checkov.py $${CARGO_TARGET_DIR:-target}/release/korvid $(CHECKOV_VENV)/bin/checkov 1000
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
