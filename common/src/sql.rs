@@ -10,25 +10,32 @@ use std::sync::{Arc, RwLock};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
-use datafusion::catalog::memory::MemorySourceConfig;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Expr, LogicalPlan};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, reset_plan_states};
+use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
+};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 /// A table whose batches are replaced wholesale.
 #[derive(Debug)]
 pub struct BatchTable {
     schema: SchemaRef,
-    batches: RwLock<Vec<RecordBatch>>,
+    batches: Arc<RwLock<Vec<RecordBatch>>>,
 }
 
 impl BatchTable {
     fn new(schema: SchemaRef) -> Self {
         BatchTable {
             schema,
-            batches: RwLock::new(Vec::new()),
+            batches: Arc::new(RwLock::new(Vec::new())),
         }
     }
 }
@@ -50,21 +57,98 @@ impl TableProvider for BatchTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        let schema = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => self.schema.clone(),
+        };
+        Ok(Arc::new(SwapExec {
+            batches: self.batches.clone(),
+            projection: projection.cloned(),
+            properties: Arc::new(PlanProperties::new(
+                EquivalenceProperties::new(schema.clone()),
+                Partitioning::UnknownPartitioning(1),
+                EmissionType::Incremental,
+                Boundedness::Bounded,
+            )),
+            schema,
+            table_schema: self.schema.clone(),
+        }))
+    }
+}
+
+/// Scans a [`BatchTable`]'s batches as they are when the plan *executes*, so one physical plan
+/// serves every window.
+#[derive(Debug)]
+struct SwapExec {
+    batches: Arc<RwLock<Vec<RecordBatch>>>,
+    projection: Option<Vec<usize>>,
+    properties: Arc<PlanProperties>,
+    schema: SchemaRef,
+    table_schema: SchemaRef,
+}
+
+impl DisplayAs for SwapExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "SwapExec: projection={:?}", self.projection)
+    }
+}
+
+impl ExecutionPlan for SwapExec {
+    fn name(&self) -> &'static str {
+        "SwapExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(
+            &Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+        ) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        _partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         let batches = self
             .batches
             .read()
             .map_err(|_| DataFusionError::Internal("batch table lock poisoned".into()))?
             .clone();
-        let exec: Arc<dyn ExecutionPlan> =
-            MemorySourceConfig::try_new_exec(&[batches], self.schema.clone(), projection.cloned())?;
-        Ok(exec)
+        Ok(Box::pin(MemoryStream::try_new(
+            batches,
+            self.table_schema.clone(),
+            self.projection.clone(),
+        )?))
     }
 }
 
-/// A query parsed and planned against a session's tables.
+/// A query parsed and planned (logically and physically) against a session's tables.
 #[derive(Clone, Debug)]
 pub struct PreparedQuery {
     plan: LogicalPlan,
+    physical: Arc<dyn ExecutionPlan>,
 }
 
 impl PreparedQuery {
@@ -84,9 +168,14 @@ impl SqlSession {
     /// A session with the given (name, schema) tables, empty. Single-partition execution: the
     /// inputs are one window, and the stage already runs windows concurrently.
     pub fn new(tables: &[(&str, SchemaRef)]) -> Result<Self> {
-        let config = SessionConfig::new()
+        let mut config = SessionConfig::new()
             .with_target_partitions(1)
             .with_information_schema(false);
+        // Physical plans are reused across windows; dynamic filters carry state between runs.
+        config
+            .options_mut()
+            .optimizer
+            .enable_dynamic_filter_pushdown = false;
         let ctx = SessionContext::new_with_config(config);
         let mut map = HashMap::new();
         for (name, schema) in tables {
@@ -99,8 +188,10 @@ impl SqlSession {
 
     /// Parses and plans `sql` once.
     pub async fn prepare(&self, sql: &str) -> Result<PreparedQuery> {
-        let plan = self.ctx.state().create_logical_plan(sql).await?;
-        Ok(PreparedQuery { plan })
+        let state = self.ctx.state();
+        let plan = state.create_logical_plan(sql).await?;
+        let physical = state.create_physical_plan(&plan).await?;
+        Ok(PreparedQuery { plan, physical })
     }
 
     /// Replaces a table's contents.
@@ -130,9 +221,11 @@ impl SqlSession {
         let tasks: Vec<_> = queries
             .iter()
             .map(|q| {
-                let ctx = self.ctx.clone();
-                let plan = q.plan.clone();
-                tokio::spawn(async move { ctx.execute_logical_plan(plan).await?.collect().await })
+                let task = self.ctx.task_ctx();
+                let plan = q.physical.clone();
+                tokio::spawn(async move {
+                    datafusion::physical_plan::collect(reset_plan_states(plan)?, task).await
+                })
             })
             .collect();
         let mut out = Vec::with_capacity(tasks.len());
@@ -147,11 +240,10 @@ impl SqlSession {
 
     /// Runs a prepared query over the tables' current contents.
     pub async fn run(&self, query: &PreparedQuery) -> Result<Vec<RecordBatch>> {
-        self.ctx
-            .execute_logical_plan(query.plan.clone())
-            .await?
-            .collect()
-            .await
+        // A fresh copy of the plan's stateful operators (hash-join build sides and the like)
+        // for every execution; the scans read the tables' current batches.
+        let plan = reset_plan_states(query.physical.clone())?;
+        datafusion::physical_plan::collect(plan, self.ctx.task_ctx()).await
     }
 }
 
@@ -197,5 +289,58 @@ mod tests {
         }
         assert!(s.prepare("SELECT nope FROM t").await.is_err());
         assert!(s.load("missing", vec![]).is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reused_join_plans_see_each_load_not_the_first() {
+        // Hash joins keep their build side in the plan; a reused plan must rebuild it.
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let s = SqlSession::new(&[("l", schema.clone()), ("r", schema.clone())]).expect("session");
+        let q = s
+            .prepare("SELECT l.k, l.n + r.n AS total FROM l JOIN r ON l.k = r.k ORDER BY l.k")
+            .await
+            .expect("prepare");
+        let batch = |keys: &[&str], n: i64| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(keys.to_vec())),
+                    Arc::new(Int64Array::from(vec![n; keys.len()])),
+                ],
+            )
+            .expect("batch")
+        };
+        for (left, right, n, expect) in [
+            (vec!["a", "b"], vec!["a"], 1, vec!["a"]),
+            (vec!["c", "d"], vec!["d", "c"], 10, vec!["c", "d"]),
+            (vec!["a"], vec!["b"], 100, vec![]),
+        ] {
+            s.load("l", vec![batch(&left, n)]).expect("load l");
+            s.load("r", vec![batch(&right, n)]).expect("load r");
+            for out in [s.run(&q).await, s.run_all(&[&q, &q]).await.remove(1)] {
+                let out = out.expect("run");
+                let mut keys = Vec::new();
+                for b in &out {
+                    let k = b
+                        .column(0)
+                        .as_any()
+                        .downcast_ref::<StringArray>()
+                        .expect("keys");
+                    let t = b
+                        .column(1)
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .expect("totals");
+                    for i in 0..b.num_rows() {
+                        assert_eq!(t.value(i), 2 * n, "totals from this load");
+                        keys.push(k.value(i).to_string());
+                    }
+                }
+                assert_eq!(keys, expect);
+            }
+        }
     }
 }
