@@ -40,6 +40,20 @@ struct Inputs {
     files: usize,
 }
 
+impl Inputs {
+    /// Keeps an object and the file it came from (the first file, when several hold it).
+    fn add_object(&mut self, c: ObjectChange, origin: &str) {
+        let id = format!(
+            "{}/{}/{}",
+            c.kind,
+            c.namespace.as_deref().unwrap_or(""),
+            c.name
+        );
+        self.origins.entry(id).or_insert_with(|| origin.to_string());
+        self.objects.push(c);
+    }
+}
+
 /// Runs the scan; returns the process exit code (0, 1 when something reaches `fail_on`, 2 when
 /// input was unreadable).
 pub async fn run(
@@ -247,19 +261,7 @@ fn classify(
             sanitizer,
             0,
         ) {
-            Ok(c) => {
-                let id = format!(
-                    "{}/{}/{}",
-                    c.kind,
-                    c.namespace.as_deref().unwrap_or(""),
-                    c.name
-                );
-                inputs
-                    .origins
-                    .entry(id)
-                    .or_insert_with(|| origin.to_string());
-                inputs.objects.push(c);
-            }
+            Ok(c) => inputs.add_object(c, origin),
             Err(e) => inputs.refused.push((at.to_string(), e.to_string())),
         }
     }
@@ -299,17 +301,7 @@ fn object_from_request(
     if let Ok(c) =
         korvid_ingest::objects::object_change(cluster, ObjectOp::Upsert, object, None, sanitizer, 0)
     {
-        let id = format!(
-            "{}/{}/{}",
-            c.kind,
-            c.namespace.as_deref().unwrap_or(""),
-            c.name
-        );
-        inputs
-            .origins
-            .entry(id)
-            .or_insert_with(|| origin.to_string());
-        inputs.objects.push(c);
+        inputs.add_object(c, origin);
     }
 }
 
