@@ -139,17 +139,25 @@ impl ActivityAggregator {
         w: &ClosedWindow,
         inventory: Option<&Graph>,
     ) -> Result<GraphWindow, TableError> {
-        let (kube, audit): (Vec<AuditEvent>, Vec<AuditEvent>) = w
-            .events
-            .iter()
-            .cloned()
-            .partition(|e| e.level == KUBE_EVENT_LEVEL);
-        let activity = self.activity(&audit).await?;
-        let (nodes, edges) = graph_tables(&audit, &w.cluster, inventory, w.end)?;
+        // Most windows hold audit events only; copy them apart only when Events are mixed in.
+        let split;
+        let (kube, audit): (&[AuditEvent], &[AuditEvent]) =
+            if w.events.iter().any(|e| e.level == KUBE_EVENT_LEVEL) {
+                split = w
+                    .events
+                    .iter()
+                    .cloned()
+                    .partition::<Vec<AuditEvent>, _>(|e| e.level == KUBE_EVENT_LEVEL);
+                (&split.0, &split.1)
+            } else {
+                (&[], &w.events)
+            };
+        let activity = self.activity(audit).await?;
+        let (nodes, edges) = graph_tables(audit, &w.cluster, inventory, w.end)?;
         let kube_events = if kube.is_empty() {
             Vec::new()
         } else {
-            ipc_bytes(&kube_events_table(&kube)?)?
+            ipc_bytes(&kube_events_table(kube)?)?
         };
         Ok(GraphWindow {
             cluster: w.cluster.clone(),
