@@ -14,7 +14,12 @@ use korvid_enrich::windows::ClosedWindow;
 use korvid_schemas::{AuditEvent, GraphWindow, ObjectChange, ObjectOp};
 use sha2::{Digest, Sha256};
 
-const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/window.txt");
+/// The reviewed window, found from the directory the test runs for (read at run time: a
+/// binary built from another checkout sharing the target directory must not look there).
+fn golden() -> std::path::PathBuf {
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
+    std::path::Path::new(&dir).join("tests/golden/window.txt")
+}
 
 fn object(
     kind: &str,
@@ -236,10 +241,10 @@ async fn fixed_inputs_give_byte_stable_windows() {
         render("activity", &a.activity),
     ) + &render("kube_events", &a.kube_events);
     if std::env::var_os("KORVID_BLESS").is_some() {
-        std::fs::write(GOLDEN, &text).expect("write golden");
+        std::fs::write(golden(), &text).expect("write golden");
         return;
     }
-    let expected = std::fs::read_to_string(GOLDEN)
+    let expected = std::fs::read_to_string(golden())
         .expect("tests/golden/window.txt (KORVID_BLESS=1 writes it)");
     assert!(
         text == expected,
