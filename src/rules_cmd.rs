@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use korvid_detect::{AuditExample, Example, Rule, RuleCatalog, RuleEngine};
 use korvid_ingest::sanitize::Sanitizer;
-use korvid_schemas::{AuditEvent, ObjectOp};
+use korvid_schemas::{AuditEvent, ObjectOp, Severity};
 
 use crate::settings::KorvidSettings;
 
@@ -69,6 +69,21 @@ pub async fn lint(settings: &KorvidSettings) -> anyhow::Result<bool> {
         if r.examples.negative.is_empty() {
             say("no negative example");
         }
+        for e in &r.examples.positive {
+            if let Some(s) = e
+                .severity
+                .as_deref()
+                .filter(|s| Severity::parse(s).is_none())
+            {
+                say(&format!("example {:?}: unknown severity `{s}`", e.name));
+            }
+        }
+        for e in r.examples.negative.iter().filter(|e| e.severity.is_some()) {
+            say(&format!(
+                "negative example {:?} names a severity; it must have no finding at all",
+                e.name
+            ));
+        }
     }
     let count = catalog.rules.len();
     let engine = RuleEngine::new(catalog)
@@ -102,19 +117,34 @@ pub async fn test(settings: &KorvidSettings) -> anyhow::Result<bool> {
             .map(|e| (true, e))
             .chain(rule.examples.negative.iter().map(|e| (false, e)));
         for (positive, example) in cases {
-            let hits = match findings_of(&engine, rule, example).await {
-                Ok(n) => n,
+            let severities = match findings_of(&engine, rule, example).await {
+                Ok(s) => s,
                 Err(e) => {
                     failed += 1;
                     println!("FAIL {} {:?}: {e:#}", rule.id, example.name);
                     continue;
                 }
             };
-            let ok = if positive { hits > 0 } else { hits == 0 };
+            let hits = severities.len();
+            let expected = expected_severity(rule, example);
+            let wrong = severities.iter().filter(|s| **s != expected).count();
+            let ok = if positive {
+                hits > 0 && wrong == 0
+            } else {
+                hits == 0
+            };
             let kind = if positive { "positive" } else { "negative" };
             if ok {
                 passed += 1;
                 println!("ok   {} {kind} {:?}", rule.id, example.name);
+            } else if positive && hits > 0 {
+                failed += 1;
+                println!(
+                    "FAIL {} {kind} {:?}: {wrong} of {hits} findings not at severity {}",
+                    rule.id,
+                    example.name,
+                    expected.as_str()
+                );
             } else {
                 failed += 1;
                 println!(
@@ -128,8 +158,22 @@ pub async fn test(settings: &KorvidSettings) -> anyhow::Result<bool> {
     Ok(failed == 0)
 }
 
-/// Findings of `rule` in the windows built from `example`.
-async fn findings_of(engine: &RuleEngine, rule: &Rule, example: &Example) -> anyhow::Result<usize> {
+/// The severity an example's findings must have: its own `severity`, else the rule's (lint
+/// has checked that it parses).
+fn expected_severity(rule: &Rule, example: &Example) -> Severity {
+    example
+        .severity
+        .as_deref()
+        .and_then(Severity::parse)
+        .unwrap_or(rule.severity)
+}
+
+/// The severities of `rule`'s findings in the windows built from `example`.
+async fn findings_of(
+    engine: &RuleEngine,
+    rule: &Rule,
+    example: &Example,
+) -> anyhow::Result<Vec<Severity>> {
     let sanitizer = Sanitizer::new(b"korvid-rule-examples");
     let mut objects = Vec::new();
     let mut scans = Vec::new();
@@ -163,17 +207,18 @@ async fn findings_of(engine: &RuleEngine, rule: &Rule, example: &Example) -> any
         }
     }
     let out = korvid_enrich::offline::windows(&objects, scans, events, 2_000, 20_000).await?;
-    let mut hits = 0;
+    let mut hits = Vec::new();
     for w in &out.windows {
         let eval = engine.evaluate(w, START_MS).await?;
         if let Some((_, err)) = eval.failed_rules.iter().find(|(id, _)| *id == rule.id) {
             anyhow::bail!("the query failed: {err}");
         }
-        hits += eval
-            .findings
-            .iter()
-            .filter(|f| f.rule_id.as_deref() == Some(rule.id.as_str()))
-            .count();
+        hits.extend(
+            eval.findings
+                .iter()
+                .filter(|f| f.rule_id.as_deref() == Some(rule.id.as_str()))
+                .map(|f| f.severity),
+        );
     }
     Ok(hits)
 }

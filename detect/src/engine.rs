@@ -5,19 +5,23 @@ use arrow::array::RecordBatch;
 use arrow::ipc::reader::StreamReader;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use korvid_common::sql::{PreparedQuery, SqlSession};
-use korvid_schemas::{Detector, Evidence, Finding, GraphWindow, Subject, Tactic, window_tables};
+use korvid_schemas::{
+    Detector, Evidence, Finding, GraphWindow, Severity, Subject, Tactic, window_tables,
+};
 use sha2::{Digest, Sha256};
 
 use crate::rules::{Rule, RuleCatalog, RuleLoadError};
 
 /// Columns a rule query must return.
 const REQUIRED: [&str; 2] = ["subject_kind", "subject_name"];
-/// Subject columns that are not evidence.
-const SUBJECT_COLUMNS: [&str; 4] = [
+/// Columns that shape the finding rather than its evidence: the subject, and `severity`, with
+/// which a row overrides the rule's default (a rule lowers a hit that its context explains).
+const FINDING_COLUMNS: [&str; 5] = [
     "subject_kind",
     "subject_name",
     "subject_namespace",
     "subject_uid",
+    "severity",
 ];
 
 /// A window that cannot be evaluated: bad input, dead-lettered by the caller.
@@ -195,6 +199,7 @@ fn findings_from(
     };
     let ns_i = index("subject_namespace");
     let uid_i = index("subject_uid");
+    let severity_i = index("severity");
     let mut out = Vec::new();
     for row in 0..batch.num_rows() {
         let (Some(kind), Some(name)) = (cell(kind_i, row), cell(name_i, row)) else {
@@ -211,7 +216,7 @@ fn findings_from(
             .fields()
             .iter()
             .enumerate()
-            .filter(|(_, f)| !SUBJECT_COLUMNS.contains(&f.name().as_str()))
+            .filter(|(_, f)| !FINDING_COLUMNS.contains(&f.name().as_str()))
             .filter_map(|(i, f)| {
                 cell(i, row).map(|value| Evidence {
                     name: f.name().clone(),
@@ -219,6 +224,13 @@ fn findings_from(
                 })
             })
             .collect();
+        let severity = match severity_i.and_then(|i| cell(i, row)) {
+            None => rule.severity,
+            Some(s) => Severity::parse(&s).unwrap_or_else(|| {
+                tracing::warn!(rule = %rule.id, value = %s, "rule returned an unknown severity; the rule's own applies");
+                rule.severity
+            }),
+        };
         out.push(Finding {
             cluster: window.cluster.clone(),
             event_time: window.window_end,
@@ -233,7 +245,7 @@ fn findings_from(
             title: rule.title.clone(),
             tactic: rule.tactic,
             techniques: rule.techniques.clone(),
-            severity: rule.severity,
+            severity,
             subject,
             evidence,
             implication: rule.implication.clone(),

@@ -2,7 +2,9 @@
 //! SQL query over the window tables, and the explanation every finding carries.
 //!
 //! A query returns one row per finding: `subject_kind` and `subject_name` (required),
-//! `subject_namespace` and `subject_uid` (optional); every other column becomes evidence.
+//! `subject_namespace` and `subject_uid` (optional), and `severity` (optional: `low` ..
+//! `critical`, or null for the rule's own), with which a row whose context explains it lowers
+//! (or raises) its hit, naming why in an evidence column; every other column becomes evidence.
 
 use std::path::{Path, PathBuf};
 
@@ -24,7 +26,7 @@ pub struct Rule {
     pub tactic: Tactic,
     /// MITRE ATT&CK technique ids.
     pub techniques: Vec<String>,
-    /// Severity of a hit.
+    /// Severity of a hit (a row's `severity` column overrides it).
     pub severity: Severity,
     /// SQL over `nodes`, `edges`, `activity`.
     pub query: String,
@@ -66,6 +68,9 @@ pub struct Example {
     /// Audited requests, in order.
     #[serde(default)]
     pub audit: Vec<AuditExample>,
+    /// The severity a positive example's findings must have (default: the rule's).
+    #[serde(default)]
+    pub severity: Option<String>,
 }
 
 /// One audited request, with what detection reads and sensible defaults for the rest.
