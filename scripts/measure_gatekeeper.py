@@ -5,12 +5,20 @@ For each sample in the corpus index: a disallowed sample counts as found when ko
 finding of a rule mapped to that policy; an allowed sample counts as clean when it reports none
 of them. Policies without a mapped rule are listed as not covered. The corpus is read in place.
 
+Each sample is judged under its constraint's parameters, as a team would set korvid up for the
+same policy: the exemptions and allowances a constraint grants (exempt images, allowed host path
+prefixes, allowed host port ranges, host networking allowed) become a korvid exceptions file
+given to `korvid scan --exceptions`.
+
     python3 scripts/measure_gatekeeper.py ../shared/corpora/gatekeeper-library [path/to/korvid]
 """
 
 import json
 import subprocess
 import sys
+import tempfile
+
+import yaml
 from collections import defaultdict
 from pathlib import Path
 
@@ -37,11 +45,49 @@ RULES = {
 }
 
 
-def scan(korvid, path):
+def exceptions(constraint, rules):
+    """The korvid exceptions that grant what a gatekeeper constraint's parameters allow."""
+    params = (constraint.get("spec") or {}).get("parameters") or {}
+    out = []
+
+    def grant(name, match, only=None):
+        out.append({"name": name, "rules": sorted(only or rules), "match": match,
+                    "owner": "gatekeeper-constraint", "reason": f"allowed by {constraint['kind']}"})
+
+    images = params.get("exemptImages") or []
+    if images:
+        grant("exempt-images", {"image": images})
+    prefixes = params.get("allowedHostPaths") or []
+    for i, p in enumerate(prefixes):
+        prefix = p["pathPrefix"].rstrip("/")
+        paths = [prefix or "/", f"{prefix}/*"]
+        # Read-only mounts are allowed under any listed prefix; writable ones only where the
+        # prefix does not demand read-only.
+        grant(f"host-path-{i}-read-only", {"host_path": paths, "read_only": ["true"]})
+        if not p.get("readOnly"):
+            grant(f"host-path-{i}", {"host_path": paths})
+    if "min" in params or "max" in params:
+        grant("host-ports", {"container_port": [{"min": params.get("min"), "max": params.get("max")}]},
+              {"KOR-0109"} & rules)
+    if params.get("hostNetwork") is True:
+        grant("host-network", {"host_network": ["true"], "host_pid": ["false"], "host_ipc": ["false"]},
+              {"KOR-0104"} & rules)
+    return [e for e in out if e["rules"]]
+
+
+def scan(korvid, path, excepted=()):
+    args = []
+    if excepted:
+        f = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+        json.dump({"exceptions": list(excepted)}, f)  # JSON is YAML
+        f.close()
+        args = ["--exceptions", f.name]
     out = subprocess.run(
-        [korvid, "scan", "--format", "json", "--fail-on", "none", str(path)],
+        [korvid, "scan", "--format", "json", "--fail-on", "none", *args, str(path)],
         capture_output=True, text=True, env={"KORVID__TELEMETRY__LISTEN": "", "PATH": "/usr/bin:/bin"},
     )
+    if excepted:
+        Path(args[1]).unlink()
     if out.returncode not in (0, 1):
         raise SystemExit(f"korvid scan {path} failed ({out.returncode}): {out.stderr}")
     return {f.get("rule_id") for f in json.loads(out.stdout or "[]")}
@@ -61,7 +107,8 @@ def main():
         if rules is None:
             uncovered[policy] += 1
             continue
-        hits = scan(korvid, root / case["object"]) & rules
+        constraint = yaml.safe_load((root / case["constraint"]).read_text())
+        hits = scan(korvid, root / case["object"], exceptions(constraint, rules)) & rules
         t = tally[policy]
         if case["violation_expected"]:
             t[1] += 1

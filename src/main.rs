@@ -70,6 +70,10 @@ enum Command {
         /// or `none`).
         #[arg(long, default_value = "high", value_parser = parse_fail_on)]
         fail_on: FailOn,
+        /// A file of accepted risks (overrides detect.exceptions): covered findings are left
+        /// out and counted; expired exceptions are reported and no longer apply.
+        #[arg(long)]
+        exceptions: Option<PathBuf>,
     },
     /// Work with the rule catalog (built-in rules plus detect.rules_dirs).
     Rules {
@@ -168,8 +172,14 @@ fn main() -> ExitCode {
             paths,
             format,
             fail_on,
+            exceptions,
         } => {
-            let code = runtime.block_on(scan::run(&paths, format, fail_on.0, &settings));
+            let options = scan::Options {
+                format,
+                fail_on: fail_on.0,
+                exceptions: exceptions.or_else(|| settings.detect.exceptions.clone()),
+            };
+            let code = runtime.block_on(scan::run(&paths, &options, &settings));
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
             drop(guard);
             return match code {

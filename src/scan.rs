@@ -9,7 +9,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use korvid_detect::RuleEngine;
+use korvid_detect::{Exceptions, RuleEngine};
 use korvid_ingest::sanitize::Sanitizer;
 use korvid_schemas::{AuditEvent, Finding, ImageScan, ObjectChange, ObjectOp, Severity};
 use serde_json::{Value, json};
@@ -54,14 +54,33 @@ impl Inputs {
     }
 }
 
+/// How to judge and report.
+pub struct Options {
+    /// Output format.
+    pub format: Format,
+    /// Lowest severity that makes the exit code 1 (`None`: never).
+    pub fail_on: Option<Severity>,
+    /// A file of accepted risks.
+    pub exceptions: Option<PathBuf>,
+}
+
 /// Runs the scan; returns the process exit code (0, 1 when something reaches `fail_on`, 2 when
-/// input was unreadable).
+/// input or the exceptions file was unreadable).
 pub async fn run(
     paths: &[PathBuf],
-    format: Format,
-    fail_on: Option<Severity>,
+    options: &Options,
     settings: &KorvidSettings,
 ) -> anyhow::Result<u8> {
+    let exceptions = match &options.exceptions {
+        Some(path) => match Exceptions::load(path) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("korvid scan: exceptions: {e}");
+                return Ok(2);
+            }
+        },
+        None => Exceptions::default(),
+    };
     let cluster = settings.ingest.cluster.clone();
     let sanitizer = Sanitizer::new(b"korvid-scan-offline-key");
     let (files, unreadable) =
@@ -112,6 +131,16 @@ pub async fn run(
         }
     }
     let mut findings: Vec<Finding> = findings.into_values().collect();
+    let now = korvid_common::now_millis();
+    for e in exceptions.expired(now) {
+        eprintln!(
+            "korvid scan: exception {:?} (owner {}) has expired and no longer applies",
+            e.name, e.owner
+        );
+    }
+    for (name, n) in exceptions.apply(&mut findings, now) {
+        eprintln!("korvid scan: exception {name:?} left out {n} findings");
+    }
     findings.sort_by(|a, b| {
         (b.severity, &a.rule_id, a.subject.to_string()).cmp(&(
             a.severity,
@@ -126,7 +155,7 @@ pub async fn run(
         .first()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    match format {
+    match options.format {
         Format::Table => print_table(
             &findings,
             inputs.files,
@@ -143,7 +172,9 @@ pub async fn run(
             serde_json::to_string_pretty(&sarif(&findings, &inputs.origins, &fallback, &engine))?
         ),
     }
-    let failing = fail_on.is_some_and(|min| findings.iter().any(|f| f.severity >= min));
+    let failing = options
+        .fail_on
+        .is_some_and(|min| findings.iter().any(|f| f.severity >= min));
     Ok(u8::from(failing))
 }
 

@@ -115,3 +115,47 @@ fn sarif_and_table_and_exit_codes() {
     let (code, _, _) = scan(&["--fail-on", "loud", &path]);
     assert_eq!(code, 2, "usage error");
 }
+
+#[test]
+fn exceptions_leave_out_what_they_cover_until_they_expire() {
+    let dir = inputs();
+    let path = dir.path().display().to_string();
+    let rules = |out: &str| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(out).expect("a JSON array");
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|f| f["rule_id"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let (_, all, _) = scan(&["--format", "json", "--fail-on", "none", &path]);
+    assert!(rules(&all).iter().any(|r| r == "KOR-0001"), "{all}");
+
+    let file = dir.path().join("exceptions.yml");
+    let write = |expires: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "exceptions:\n  - name: break-glass\n    rules: [KOR-0001]\n    match:\n      namespace: [shop]\n      actor: [mallory]\n    owner: sre\n    reason: incident 4711\n    expires: {expires}\n"
+            ),
+        )
+        .expect("write");
+    };
+    let excepted = file.display().to_string();
+    write("2999-01-01");
+    let (code, out, err) = scan(&["--format", "json", "--exceptions", &excepted, &path]);
+    assert!(!rules(&out).iter().any(|r| r == "KOR-0001"), "{out}");
+    assert!(err.contains("\"break-glass\" left out 1"), "{err}");
+    assert_eq!(code, 0, "nothing high is left\n{out}");
+
+    write("2020-01-01");
+    let (code, out, err) = scan(&["--format", "json", "--exceptions", &excepted, &path]);
+    assert!(rules(&out).iter().any(|r| r == "KOR-0001"), "{out}");
+    assert!(err.contains("has expired"), "{err}");
+    assert_eq!(code, 1);
+
+    std::fs::write(&file, "exceptions:\n  - name: x\n    owner: sre\n").expect("write");
+    let (code, _, err) = scan(&["--exceptions", &excepted, &path]);
+    assert_eq!(code, 2, "an unusable exceptions file is a usage error");
+    assert!(err.contains("line 2"), "{err}");
+}

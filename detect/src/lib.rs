@@ -5,11 +5,13 @@
 //! Entry point: [`run`].
 
 pub mod engine;
+pub mod exceptions;
 pub mod rules;
 mod service;
 mod settings;
 
 pub use engine::RuleEngine;
+pub use exceptions::{Exception, Exceptions, ExceptionsError};
 pub use rules::{AuditExample, Example, Examples, Rule, RuleCatalog, RuleLoadError};
 pub use service::run;
 pub use settings::DetectSettings;

@@ -10,6 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use crate::engine::RuleEngine;
+use crate::exceptions::Exceptions;
 use crate::rules::RuleCatalog;
 use crate::settings::DetectSettings;
 
@@ -31,6 +32,9 @@ pub enum DetectError {
     /// No rule could be loaded.
     #[error("no usable rules: {0}")]
     NoRules(String),
+    /// The exceptions file cannot be used.
+    #[error(transparent)]
+    Exceptions(#[from] crate::exceptions::ExceptionsError),
 }
 
 /// Builds the engine from settings, logging every rule that failed to load.
@@ -65,6 +69,11 @@ pub async fn engine_from(settings: &DetectSettings) -> Result<RuleEngine, Detect
 pub async fn run(settings: DetectSettings, ctx: ServiceContext) -> Result<(), DetectError> {
     ctx.telemetry.declare(COMPONENT);
     let engine = engine_from(&settings).await?;
+    let exceptions = match &settings.exceptions {
+        Some(path) => Exceptions::load(path)?,
+        None => Exceptions::default(),
+    };
+    let mut expired_reported = std::collections::BTreeSet::new();
     let topics = ctx.kafka.topics.clone();
     let consumer = ctx
         .kafka
@@ -88,6 +97,11 @@ pub async fn run(settings: DetectSettings, ctx: ServiceContext) -> Result<(), De
         "Rule executions that failed, by rule",
         Family::default(),
     );
+    let excepted: Counter = t.register(
+        "detect_findings_excepted",
+        "Findings not published because an exception in force covers them",
+        Counter::default(),
+    );
     ctx.telemetry.set_ready(COMPONENT, true);
 
     let mut failure = None;
@@ -102,7 +116,15 @@ pub async fn run(settings: DetectSettings, ctx: ServiceContext) -> Result<(), De
                 Err(e) => Err((e.to_string(), e.kind())),
             };
             match evaluated {
-                Ok(eval) => {
+                Ok(mut eval) => {
+                    let now = korvid_common::now_millis();
+                    for e in exceptions.expired(now) {
+                        if expired_reported.insert(e.name.clone()) {
+                            tracing::warn!(exception = %e.name, owner = %e.owner, "exception expired; the findings it covered are published again");
+                        }
+                    }
+                    let removed = exceptions.apply(&mut eval.findings, now);
+                    excepted.inc_by(removed.values().sum::<usize>() as u64);
                     for (rule, err) in &eval.failed_rules {
                         tracing::error!(rule = %rule, error = %err, "rule failed on a window");
                         rule_errors

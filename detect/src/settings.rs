@@ -16,6 +16,9 @@ pub struct DetectSettings {
     pub rules_dirs: Vec<PathBuf>,
     /// Rule ids to switch off.
     pub disabled_rules: Vec<String>,
+    /// A file of accepted risks (owner, reason, expiry; see `docs/rules.md`): findings they
+    /// cover are not published; expired ones stop applying and are logged.
+    pub exceptions: Option<PathBuf>,
 }
 
 impl Default for DetectSettings {
@@ -24,6 +27,7 @@ impl Default for DetectSettings {
             builtin_rules: true,
             rules_dirs: Vec::new(),
             disabled_rules: Vec::new(),
+            exceptions: None,
         }
     }
 }
@@ -37,6 +41,10 @@ impl Validate for DetectSettings {
                     format!("{} is not a directory", dir.display()),
                 ));
             }
+        }
+        if let Some(path) = &self.exceptions {
+            crate::Exceptions::load(path)
+                .map_err(|e| SettingsError::invalid("detect.exceptions", e.to_string()))?;
         }
         Ok(())
     }
