@@ -71,7 +71,6 @@ impl TableProvider for BatchTable {
                 Boundedness::Bounded,
             )),
             schema,
-            table_schema: self.schema.clone(),
         }))
     }
 }
@@ -84,7 +83,6 @@ struct SwapExec {
     projection: Option<Vec<usize>>,
     properties: Arc<PlanProperties>,
     schema: SchemaRef,
-    table_schema: SchemaRef,
 }
 
 impl DisplayAs for SwapExec {
@@ -136,9 +134,11 @@ impl ExecutionPlan for SwapExec {
             .read()
             .map_err(|_| DataFusionError::Internal("batch table lock poisoned".into()))?
             .clone();
+        // The stream advertises the schema it is given: the projected one (operators such as a
+        // hash join's build side size their output from it).
         Ok(Box::pin(MemoryStream::try_new(
             batches,
-            self.table_schema.clone(),
+            self.schema.clone(),
             self.projection.clone(),
         )?))
     }
@@ -152,6 +152,11 @@ pub struct PreparedQuery {
 }
 
 impl PreparedQuery {
+    /// The optimised logical plan (filters pushed down to the scans they constrain).
+    pub fn logical_plan(&self) -> &LogicalPlan {
+        &self.plan
+    }
+
     /// The output schema.
     pub fn schema(&self) -> SchemaRef {
         Arc::new(self.plan.schema().as_arrow().clone())
@@ -189,8 +194,11 @@ impl SqlSession {
     /// Parses and plans `sql` once.
     pub async fn prepare(&self, sql: &str) -> Result<PreparedQuery> {
         let state = self.ctx.state();
-        let plan = state.create_logical_plan(sql).await?;
-        let physical = state.create_physical_plan(&plan).await?;
+        let logical = state.create_logical_plan(sql).await?;
+        // Physical planning optimises on its own; the optimised logical plan is kept for
+        // readers of its shape (which filters sit on which scan).
+        let physical = state.create_physical_plan(&logical).await?;
+        let plan = state.optimize(&logical)?;
         Ok(PreparedQuery { plan, physical })
     }
 
@@ -289,6 +297,33 @@ mod tests {
         }
         assert!(s.prepare("SELECT nope FROM t").await.is_err());
         assert!(s.load("missing", vec![]).is_err());
+    }
+
+    #[tokio::test]
+    async fn outer_joins_over_projected_scans_run() {
+        // A left join builds its hash table from a scan that reads only some columns; the
+        // scan's stream must advertise that projected schema (it once advertised the table's
+        // and the build side failed on the column count).
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("who", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let s = SqlSession::new(&[("t", schema.clone())]).expect("session");
+        let q = s
+            .prepare("SELECT a.who FROM t a LEFT JOIN t b ON a.who = b.who AND b.n > 5")
+            .await
+            .expect("prepare");
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b"])),
+                Arc::new(Int64Array::from(vec![1, 9])),
+            ],
+        )
+        .expect("batch");
+        s.load("t", vec![batch]).expect("load");
+        let out = s.run(&q).await.expect("run");
+        assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
