@@ -10,6 +10,7 @@ use korvid_schemas::{
 };
 use sha2::{Digest, Sha256};
 
+use crate::prefilter::Prefilter;
 use crate::rules::{Rule, RuleCatalog, RuleLoadError};
 
 /// Columns a rule query must return.
@@ -46,6 +47,8 @@ pub struct Evaluation {
     pub findings: Vec<Finding>,
     /// (rule id, error) for rules whose execution failed on this window.
     pub failed_rules: Vec<(String, String)>,
+    /// Rules not run because the window cannot match them (see [`crate::prefilter`]).
+    pub skipped_rules: usize,
 }
 
 /// The catalog, planned against the window tables.
@@ -53,6 +56,7 @@ pub struct RuleEngine {
     session: SqlSession,
     rules: Vec<(Rule, PreparedQuery)>,
     errors: Vec<RuleLoadError>,
+    prefilter: Option<Prefilter>,
 }
 
 impl RuleEngine {
@@ -92,16 +96,35 @@ impl RuleEngine {
                 }),
             }
         }
+        let prefilter = Prefilter::new(rules.iter().map(|(_, q)| q.logical_plan()));
+        tracing::debug!(
+            rules = rules.len(),
+            decidable = prefilter.decidable(),
+            "rules the window's contents can rule out"
+        );
         Ok(RuleEngine {
             session,
             rules,
             errors,
+            prefilter: Some(prefilter),
         })
+    }
+
+    /// Runs every rule on every window, even ones whose contents cannot match it (for
+    /// benchmarks and equivalence tests of the prefilter).
+    pub fn without_prefilter(mut self) -> Self {
+        self.prefilter = None;
+        self
     }
 
     /// The rules that will run.
     pub fn rules(&self) -> impl Iterator<Item = &Rule> {
         self.rules.iter().map(|(r, _)| r)
+    }
+
+    /// Each rule with its prepared query.
+    pub fn prepared(&self) -> impl Iterator<Item = (&Rule, &PreparedQuery)> {
+        self.rules.iter().map(|(r, q)| (r, q))
     }
 
     /// Rules that could not be loaded or planned.
@@ -116,6 +139,7 @@ impl RuleEngine {
         window: &GraphWindow,
         detected_at: i64,
     ) -> Result<Evaluation, EvalError> {
+        let mut tables = Vec::with_capacity(4);
         for (name, bytes, schema) in [
             ("nodes", &window.nodes, window_tables::nodes()),
             ("edges", &window.edges, window_tables::edges()),
@@ -137,6 +161,17 @@ impl RuleEngine {
                 table: name,
                 reason,
             })?;
+            tables.push((name, batches, schema));
+        }
+        let present = self.prefilter.as_ref().map(|p| {
+            p.present(|table| {
+                tables
+                    .iter()
+                    .find(|(name, _, _)| *name == table)
+                    .map_or(&[][..], |(_, b, _)| b.as_slice())
+            })
+        });
+        for (name, batches, schema) in tables {
             self.session
                 .load(name, batches)
                 .map_err(|e| EvalError::BadTable {
@@ -146,9 +181,17 @@ impl RuleEngine {
                 })?;
         }
         let mut out = Evaluation::default();
-        let queries: Vec<&PreparedQuery> = self.rules.iter().map(|(_, q)| q).collect();
+        let run: Vec<usize> = (0..self.rules.len())
+            .filter(|i| match (&self.prefilter, &present) {
+                (Some(p), Some(present)) => !p.skips(*i, present),
+                _ => true,
+            })
+            .collect();
+        out.skipped_rules = self.rules.len() - run.len();
+        let queries: Vec<&PreparedQuery> = run.iter().map(|i| &self.rules[*i].1).collect();
         let results = self.session.run_all(&queries).await;
-        for ((rule, _), result) in self.rules.iter().zip(results) {
+        for (i, result) in run.into_iter().zip(results) {
+            let rule = &self.rules[i].0;
             match result {
                 Ok(batches) => {
                     for b in &batches {

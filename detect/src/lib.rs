@@ -6,6 +6,7 @@
 
 pub mod engine;
 pub mod exceptions;
+pub mod prefilter;
 pub mod rules;
 mod service;
 mod settings;
