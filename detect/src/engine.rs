@@ -1,12 +1,22 @@
 //! Evaluates the catalog over a graph window. Queries are parsed and planned once, when the
 //! engine is built; each window only swaps the tables' contents and executes.
+//!
+//! Rules over object state alone (their plans read neither `activity` nor `kube_events`) judge
+//! the whole inventory in full windows; in an incremental window they report only subjects the
+//! window is about (`nodes.in_focus`: touched by its activity or changed since the namespace's
+//! previous window), so an unchanged misconfiguration is not reported again with every window
+//! that passes near it.
 
-use arrow::array::RecordBatch;
+use std::collections::{BTreeSet, HashSet};
+
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::ipc::reader::StreamReader;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::logical_expr::LogicalPlan;
 use korvid_common::sql::{PreparedQuery, SqlSession};
 use korvid_schemas::{
-    Detector, Evidence, Finding, GraphWindow, Severity, Subject, Tactic, window_tables,
+    Detector, Evidence, Finding, GraphWindow, Severity, Subject, Tactic, WindowKind, window_tables,
 };
 use sha2::{Digest, Sha256};
 
@@ -55,6 +65,8 @@ pub struct Evaluation {
 pub struct RuleEngine {
     session: SqlSession,
     rules: Vec<(Rule, PreparedQuery)>,
+    /// Per rule: whether it reads object state only.
+    state_only: Vec<bool>,
     errors: Vec<RuleLoadError>,
     prefilter: Option<Prefilter>,
 }
@@ -97,6 +109,13 @@ impl RuleEngine {
             }
         }
         let prefilter = Prefilter::new(rules.iter().map(|(_, q)| q.logical_plan()));
+        let state_only = rules
+            .iter()
+            .map(|(_, q)| {
+                let read = tables_read(q.logical_plan());
+                !read.contains("activity") && !read.contains("kube_events")
+            })
+            .collect();
         tracing::debug!(
             rules = rules.len(),
             decidable = prefilter.decidable(),
@@ -105,6 +124,7 @@ impl RuleEngine {
         Ok(RuleEngine {
             session,
             rules,
+            state_only,
             errors,
             prefilter: Some(prefilter),
         })
@@ -163,6 +183,15 @@ impl RuleEngine {
             })?;
             tables.push((name, batches, schema));
         }
+        let focus = match window.kind {
+            WindowKind::Full => None,
+            WindowKind::Incremental => Some(focus_ids(
+                tables
+                    .iter()
+                    .find(|(name, _, _)| *name == "nodes")
+                    .map_or(&[][..], |(_, b, _)| b.as_slice()),
+            )),
+        };
         let present = self.prefilter.as_ref().map(|p| {
             p.present(|table| {
                 tables
@@ -192,11 +221,12 @@ impl RuleEngine {
         let results = self.session.run_all(&queries).await;
         for (i, result) in run.into_iter().zip(results) {
             let rule = &self.rules[i].0;
+            let focus = focus.as_ref().filter(|_| self.state_only[i]);
             match result {
                 Ok(batches) => {
                     for b in &batches {
                         out.findings
-                            .extend(findings_from(rule, window, b, detected_at));
+                            .extend(findings_from(rule, window, b, detected_at, focus));
                     }
                 }
                 Err(e) => out.failed_rules.push((rule.id.clone(), e.to_string())),
@@ -214,11 +244,54 @@ fn read_ipc(bytes: &[u8]) -> Result<Vec<RecordBatch>, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Every table a plan scans (subqueries in expressions included).
+fn tables_read(plan: &LogicalPlan) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            out.insert(scan.table_name.table().to_string());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out
+}
+
+/// Ids of the nodes a window is about (`in_focus`).
+fn focus_ids(nodes: &[RecordBatch]) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for b in nodes {
+        let (Some(ids), Some(focus)) = (b.column_by_name("id"), b.column_by_name("in_focus"))
+        else {
+            continue;
+        };
+        let (Some(ids), Some(focus)) = (ids.as_string_opt::<i32>(), focus.as_boolean_opt()) else {
+            continue;
+        };
+        for i in 0..ids.len() {
+            if focus.is_valid(i) && focus.value(i) && ids.is_valid(i) {
+                out.insert(ids.value(i).to_string());
+            }
+        }
+    }
+    out
+}
+
+/// A subject's node id (`kind/namespace/name`), as the window tables spell it.
+fn node_id(s: &Subject) -> String {
+    format!(
+        "{}/{}/{}",
+        s.kind,
+        s.namespace.as_deref().unwrap_or(""),
+        s.name
+    )
+}
+
 fn findings_from(
     rule: &Rule,
     window: &GraphWindow,
     batch: &RecordBatch,
     detected_at: i64,
+    focus: Option<&HashSet<String>>,
 ) -> Vec<Finding> {
     let opts = FormatOptions::default();
     let schema = batch.schema();
@@ -255,6 +328,9 @@ fn findings_from(
             name,
             uid: uid_i.and_then(|i| cell(i, row)),
         };
+        if focus.is_some_and(|f| !f.contains(&node_id(&subject))) {
+            continue;
+        }
         let evidence = schema
             .fields()
             .iter()

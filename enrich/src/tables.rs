@@ -232,7 +232,10 @@ pub fn graph_parts(graph: &Graph, max_nodes: usize) -> Vec<Graph> {
     }
     ids.chunks(max_nodes.max(1))
         .map(|chunk| {
-            let mut part = Graph::default();
+            let mut part = Graph {
+                focus: graph.focus.clone(),
+                ..Graph::default()
+            };
             for id in chunk {
                 if let Some(e) = graph.entities.get(*id) {
                     part.entities.insert(e.id.clone(), e.clone());
@@ -565,6 +568,8 @@ struct NodeRow {
     first: i64,
     last: i64,
     in_inventory: bool,
+    /// Touched by the window's activity, or a focus entity of its inventory part.
+    in_focus: bool,
     attrs: Attrs,
 }
 
@@ -605,6 +610,7 @@ pub fn graph_tables(
                 first: t,
                 last: t,
                 in_inventory: false,
+                in_focus: true,
                 attrs: Attrs::new(),
             },
         );
@@ -627,6 +633,7 @@ pub fn graph_tables(
                 first: t,
                 last: t,
                 in_inventory: false,
+                in_focus: true,
                 attrs: Attrs::new(),
             },
         );
@@ -653,9 +660,11 @@ pub fn graph_tables(
                 first: window_end,
                 last: window_end,
                 in_inventory: true,
+                in_focus: false,
                 attrs: Attrs::new(),
             });
             row.in_inventory = true;
+            row.in_focus |= g.focus.as_ref().is_none_or(|f| f.contains(&ent.id));
             row.attrs = ent.attrs.clone();
         }
         for r in g.relations.values() {
@@ -686,6 +695,7 @@ pub fn graph_tables(
         flag(n.iter().map(|(_, r)| r.system).collect()),
         ts(n.iter().map(|(_, r)| r.first).collect()),
         ts(n.iter().map(|(_, r)| r.last).collect()),
+        flag(n.iter().map(|(_, r)| r.in_focus).collect()),
         flag(n.iter().map(|(_, r)| r.in_inventory).collect()),
     ];
     let node_attrs: Vec<&Attrs> = n.iter().map(|(_, r)| &r.attrs).collect();

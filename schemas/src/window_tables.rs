@@ -93,6 +93,9 @@ fn attribute_fields(flags: &[&str], texts: &[&str], numbers: &[&str]) -> Vec<Fie
 /// entities within two relations of it, with their typed attributes.
 ///
 /// `id` is `kind/namespace/name` (namespace empty for cluster-scoped entities and users).
+/// `in_focus` marks what the window is about: entities its activity touched or that changed
+/// since the previous window of their namespace (every entity, in a full window); the rest is
+/// context for joins.
 pub fn nodes() -> SchemaRef {
     static S: OnceLock<SchemaRef> = OnceLock::new();
     S.get_or_init(|| {
@@ -106,6 +109,7 @@ pub fn nodes() -> SchemaRef {
             Field::new("is_system", DataType::Boolean, false),
             Field::new("first_seen", ts(), false),
             Field::new("last_seen", ts(), false),
+            Field::new("in_focus", DataType::Boolean, false),
         ];
         fields.extend(attribute_fields(NODE_FLAGS, NODE_TEXTS, NODE_NUMBERS));
         Arc::new(Schema::new(fields))

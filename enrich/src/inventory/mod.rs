@@ -85,6 +85,9 @@ pub struct Graph {
     pub entities: BTreeMap<String, Entity>,
     /// By (src, kind, dst).
     pub relations: BTreeMap<(String, &'static str, String), Relation>,
+    /// For a neighbourhood, the entities it was grown around (what a window is about); `None`
+    /// for a whole graph, all of which is in focus.
+    pub focus: Option<BTreeSet<String>>,
 }
 
 impl Graph {
@@ -184,6 +187,13 @@ impl Graph {
                 .filter_map(|id| self.entities.get(*id).map(|e| (e.id.clone(), e.clone())))
                 .collect(),
             relations,
+            focus: Some(
+                seeds
+                    .iter()
+                    .filter(|s| self.entities.contains_key(*s))
+                    .cloned()
+                    .collect(),
+            ),
         }
     }
 }
