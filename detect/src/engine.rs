@@ -142,11 +142,6 @@ impl RuleEngine {
         self.rules.iter().map(|(r, _)| r)
     }
 
-    /// Each rule with its prepared query.
-    pub fn prepared(&self) -> impl Iterator<Item = (&Rule, &PreparedQuery)> {
-        self.rules.iter().map(|(r, q)| (r, q))
-    }
-
     /// Rules that could not be loaded or planned.
     pub fn errors(&self) -> &[RuleLoadError] {
         &self.errors
