@@ -4,6 +4,7 @@
 mod rules_cmd;
 mod scan;
 mod settings;
+mod simulate_cmd;
 mod up;
 
 use std::path::PathBuf;
@@ -75,6 +76,10 @@ enum Command {
         #[arg(long)]
         exceptions: Option<PathBuf>,
     },
+    /// Write a deterministic synthetic cluster, its benign traffic and labelled attack
+    /// campaigns (audit log, objects, image scans, ground truth) to a directory; `--list`
+    /// shows the technique library.
+    Simulate(simulate_cmd::SimulateArgs),
     /// Work with the rule catalog (built-in rules plus detect.rules_dirs).
     Rules {
         #[command(subcommand)]
@@ -107,6 +112,9 @@ enum RulesAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Simulate(args) = cli.command {
+        return ExitCode::from(simulate_cmd::run(args));
+    }
     korvid_common::install_tls_provider();
     let file = cli.config.clone().or_else(|| {
         let default = PathBuf::from("korvid.toml");
@@ -123,6 +131,7 @@ fn main() -> ExitCode {
     let service = match &cli.command {
         Command::Rules { .. } => "rules",
         Command::Scan { .. } => "scan",
+        Command::Simulate(_) => "simulate",
         Command::Import { .. } => "import",
         Command::Up => "up",
         Command::Ingest => "ingest",
