@@ -2,10 +2,10 @@
 """Rules alone against simulated campaigns: `korvid simulate` for several seeds, `korvid scan`
 on what it wrote, and the findings matched to the ground truth.
 
-A finding at medium or above matches an attack step when it cites one of the step's requests
-(`sample_event_ids`), or, for findings about object state, when its subject is one of the
-step's entities. A step is detected when a finding matches it; a campaign when any of its
-steps is. Medium+ findings that match no attack step
+Findings are taken per window (`korvid scan --per-window`). A finding at medium or above matches
+an attack step when it cites one of the step's requests (`sample_event_ids`), or, for findings
+about object state, when its subject is one of the entities the step acted on (not its actor). A step is detected when a finding of its own tactic matches it; a campaign when any finding
+matches any of its steps. Medium+ findings that match no attack step
 are false alerts (those touching a labelled benign action are counted apart).
 
     python3 scripts/measure_simulation.py [path/to/korvid] [seeds]
@@ -34,14 +34,20 @@ def matches(f, label):
     cited = set(filter(None, ev.get("sample_event_ids", "").split(",")))
     if cited:
         return bool(cited & set(label.get("audit_ids", [])))
-    return subject_id(f) in set(label["entities"])
+    # Object state: only what the action created or acted on, not the identity acting (whose
+    # standing findings would otherwise match every later step).
+    acting = label.get("actor") or ""
+    if acting.startswith("system:serviceaccount:"):
+        _, _, ns, name = acting.split(":", 3)
+        acting = f"ServiceAccount/{ns}/{name}"
+    return subject_id(f) in set(label["entities"]) - {acting}
 
 
 def run(korvid, seed, workdir):
     out = Path(workdir) / f"seed-{seed}"
     subprocess.run([korvid, "simulate", "--seed", str(seed), "--out", str(out), "--campaigns", "6",
                     "--duration", "1800"], check=True, capture_output=True)
-    res = subprocess.run([korvid, "scan", "--format", "json", "--fail-on", "none",
+    res = subprocess.run([korvid, "scan", "--format", "json", "--fail-on", "none", "--per-window",
                           str(out / "cluster.json"), str(out / "audit.log"), str(out / "scans")],
                          capture_output=True, text=True, env={"KORVID__TELEMETRY__LISTEN": ""})
     if res.returncode not in (0, 1):
@@ -56,6 +62,7 @@ def main():
     by_tactic = collections.defaultdict(lambda: [0, 0])
     campaigns = [0, 0]
     false_alerts = benign_touching = loud_total = 0
+    false_subjects = set()
     missed = collections.Counter()
     with tempfile.TemporaryDirectory() as d:
         for seed in seeds:
@@ -66,10 +73,13 @@ def main():
             benign = [l for l in labels if not l["malicious"]]
             detected = collections.defaultdict(bool)
             for step in attacks:
-                hit = any(matches(f, step) for f in loud)
+                related = [f for f in loud if matches(f, step)]
+                # A step counts as detected by a finding of its own tactic; any related finding
+                # counts for its campaign.
+                hit = any(f["tactic"] == step["tactic"] for f in related)
                 by_tactic[step["tactic"]][0] += hit
                 by_tactic[step["tactic"]][1] += 1
-                detected[step["campaign"]] |= hit
+                detected[step["campaign"]] |= bool(related)
                 if not hit:
                     missed[step["technique"]] += 1
             campaigns[0] += sum(detected.values())
@@ -77,6 +87,7 @@ def main():
             for f in loud:
                 if not any(matches(f, s) for s in attacks):
                     false_alerts += 1
+                    false_subjects.add((seed, f["rule_id"], subject_id(f)))
                     benign_touching += any(matches(f, b) for b in benign)
     steps = [sum(v[0] for v in by_tactic.values()), sum(v[1] for v in by_tactic.values())]
     print(f"seeds {seeds}: {steps[1]} attack steps in {campaigns[1]} campaigns; {loud_total} medium+ findings")
@@ -84,7 +95,10 @@ def main():
         print(f"  {tactic:<22} step recall {hit}/{total} ({100 * hit / max(total, 1):.0f}%)")
     print(f"step recall {steps[0]}/{steps[1]} ({100 * steps[0] / max(steps[1], 1):.0f}%), "
           f"campaign recall {campaigns[0]}/{campaigns[1]} ({100 * campaigns[0] / max(campaigns[1], 1):.0f}%)")
-    print(f"false alerts (medium+ matching no attack step): {false_alerts}, of which {benign_touching} on labelled benign actions")
+    print(f"false alerts (medium+ window findings matching no attack step): {false_alerts} "
+          f"({len(false_subjects)} distinct rule/subject pairs), {benign_touching} of them on labelled benign actions")
+    top = collections.Counter(rule for _, rule, _ in false_subjects).most_common(8)
+    print(f"false rule/subject pairs by rule: {dict(top)}")
     print(f"missed steps by technique: {dict(missed)}")
 
 

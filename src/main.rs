@@ -75,6 +75,10 @@ enum Command {
         /// out and counted; expired exceptions are reported and no longer apply.
         #[arg(long)]
         exceptions: Option<PathBuf>,
+        /// Report every window's findings (a subject found in three windows, three times)
+        /// instead of one per rule and subject; for matching findings to labelled traffic.
+        #[arg(long)]
+        per_window: bool,
     },
     /// Write a deterministic synthetic cluster, its benign traffic and labelled attack
     /// campaigns (audit log, objects, image scans, ground truth) to a directory; `--list`
@@ -182,11 +186,13 @@ fn main() -> ExitCode {
             format,
             fail_on,
             exceptions,
+            per_window,
         } => {
             let options = scan::Options {
                 format,
                 fail_on: fail_on.0,
                 exceptions: exceptions.or_else(|| settings.detect.exceptions.clone()),
+                per_window,
             };
             let code = runtime.block_on(scan::run(&paths, &options, &settings));
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));

@@ -62,6 +62,8 @@ pub struct Options {
     pub fail_on: Option<Severity>,
     /// A file of accepted risks.
     pub exceptions: Option<PathBuf>,
+    /// Keep each window's findings instead of one per rule and subject.
+    pub per_window: bool,
 }
 
 /// Runs the scan; returns the process exit code (0, 1 when something reaches `fail_on`, 2 when
@@ -126,8 +128,14 @@ pub async fn run(
             eprintln!("korvid scan: rule {rule} failed: {err}");
         }
         for f in eval.findings {
-            // The same subject found in several windows is one finding for a scan.
-            findings.entry(f.fingerprint.clone()).or_insert(f);
+            // The same subject found in several windows is one finding for a scan, unless every
+            // window's finding was asked for (to compare with labelled traffic, say).
+            let key = if options.per_window {
+                f.id.clone()
+            } else {
+                f.fingerprint.clone()
+            };
+            findings.entry(key).or_insert(f);
         }
     }
     let mut findings: Vec<Finding> = findings.into_values().collect();

@@ -272,12 +272,14 @@ fn campaign(
         t: start,
         events: Vec::new(),
         entities: Vec::new(),
+        scripted: false,
     };
     for (k, technique) in chain.iter().enumerate() {
         let first = step.t;
         let acting = step.actor.user.clone();
         step.events.clear();
         step.entities.clear();
+        step.scripted = false;
         (technique.run)(&mut step);
         let last = step.events.last().map_or(first, |(t, _)| *t);
         let ids = audit_ids(&step.events);

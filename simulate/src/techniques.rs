@@ -35,6 +35,8 @@ pub struct Step<'a> {
     pub events: Vec<(i64, serde_json::Value)>,
     /// Entity ids (`Kind/namespace/name`) touched or created.
     pub entities: Vec<String>,
+    /// Requests come from a script (tens of milliseconds apart), not a person typing.
+    pub scripted: bool,
 }
 
 impl Step<'_> {
@@ -42,7 +44,11 @@ impl Step<'_> {
         let req = req.from(&self.actor.ip).agent(&self.actor.agent);
         let e = req.event(self.rng, self.t);
         self.events.push((self.t, e));
-        self.t += self.rng.between(150, 1500) as i64;
+        self.t += if self.scripted {
+            self.rng.between(20, 120)
+        } else {
+            self.rng.between(150, 1500)
+        } as i64;
     }
 
     fn req(&self, verb: &str, resource: &str) -> Req {
@@ -307,6 +313,7 @@ fn anonymous_api(s: &mut Step<'_>) {
 }
 
 fn permission_enumeration(s: &mut Step<'_>) {
+    s.scripted = true;
     let ns = s.foothold.namespace.clone();
     for _ in 0..s.rng.between(3, 6) {
         let r = s.req("create", "selfsubjectrulesreviews").group("authorization.k8s.io")
@@ -321,12 +328,17 @@ fn permission_enumeration(s: &mut Step<'_>) {
 }
 
 fn broad_listing(s: &mut Step<'_>) {
+    s.scripted = true;
     for (resource, group) in [
         ("namespaces", None),
         ("pods", None),
         ("services", None),
         ("nodes", None),
+        ("configmaps", None),
+        ("serviceaccounts", None),
         ("deployments", Some("apps")),
+        ("daemonsets", Some("apps")),
+        ("roles", Some("rbac.authorization.k8s.io")),
         ("clusterrolebindings", Some("rbac.authorization.k8s.io")),
     ] {
         let mut r = s.req("list", resource).query("limit=500");
@@ -339,6 +351,7 @@ fn broad_listing(s: &mut Step<'_>) {
 }
 
 fn list_secrets(s: &mut Step<'_>) {
+    s.scripted = true;
     let r = s.req("list", "secrets").query("limit=500");
     s.send(r);
     for _ in 0..s.rng.between(2, 4) {
@@ -564,6 +577,7 @@ fn system_namespace_pod(s: &mut Step<'_>) {
 }
 
 fn configmaps(s: &mut Step<'_>) {
+    s.scripted = true;
     let r = s.req("list", "configmaps").query("limit=500");
     s.send(r);
     for _ in 0..s.rng.between(2, 4) {
@@ -575,6 +589,7 @@ fn configmaps(s: &mut Step<'_>) {
 }
 
 fn logs(s: &mut Step<'_>) {
+    s.scripted = true;
     let pods: Vec<Pod> = s
         .cluster
         .namespaces
@@ -627,6 +642,7 @@ fn miner(s: &mut Step<'_>) {
 }
 
 fn mass_delete(s: &mut Step<'_>) {
+    s.scripted = true;
     let ns = s.other_namespace();
     let pods: Vec<String> = s
         .cluster
