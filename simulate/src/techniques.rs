@@ -642,26 +642,39 @@ fn miner(s: &mut Step<'_>) {
 }
 
 fn mass_delete(s: &mut Step<'_>) {
+    // `kubectl delete all,secrets,configmaps --all -n NS`: a list, then one delete per object.
     s.scripted = true;
     let ns = s.other_namespace();
-    let pods: Vec<String> = s
-        .cluster
-        .namespaces
+    let Some(target) = s.cluster.namespaces.iter().find(|n| n.name == ns).cloned() else {
+        return;
+    };
+    let mut apps: Vec<String> = target
+        .pods
         .iter()
-        .filter(|n| n.name == ns)
-        .flat_map(|n| n.pods.iter().map(|p| p.name.clone()))
+        .map(|p| p.service_account.clone())
         .collect();
-    for p in pods.iter().take(12) {
-        let r = s.req("delete", "pods").ns(&ns).name(p);
+    apps.dedup();
+    for p in &target.pods {
+        let r = s.req("delete", "pods").ns(&ns).name(&p.name);
         s.send(r);
-        s.touch(format!("Pod/{ns}/{p}"));
+        s.touch(format!("Pod/{ns}/{}", p.name));
     }
-    for d in ["api", "worker", "web"] {
-        let r = s
-            .req("delete", "deployments")
-            .group("apps")
-            .ns(&ns)
-            .name(&format!("{d}-main"));
+    for a in &apps {
+        for (resource, group) in [("deployments", Some("apps")), ("services", None)] {
+            let mut r = s.req("delete", resource).ns(&ns).name(a);
+            if let Some(g) = group {
+                r = r.group(g);
+            }
+            s.send(r);
+        }
+        s.touch(format!("Deployment/{ns}/{a}"));
+    }
+    for secret in &target.secrets {
+        let r = s.req("delete", "secrets").ns(&ns).name(secret);
+        s.send(r);
+    }
+    for cm in &target.configmaps {
+        let r = s.req("delete", "configmaps").ns(&ns).name(cm);
         s.send(r);
     }
     s.actor_entity();
