@@ -233,7 +233,27 @@ kinds = ["v1/Pod", "v1/Secret", "v1/Event", "rbac.authorization.k8s.io/v1/RoleBi
     )
     .await;
 
-    let changes = decode_changes(&read_records(&cfg.bootstrap(), "korvid.k8s.objects.v1"));
+    // The metrics count what the watchers queued; the records become readable once the broker
+    // has acknowledged them, so read until every object's history is there (or time is up and
+    // the assertions below say what is missing).
+    let expected = [
+        ("e2e/uid-a", 3),
+        ("e2e/uid-b", 3),
+        ("e2e/uid-c", 3),
+        ("e2e/uid-d", 1),
+        ("e2e/uid-rb", 3),
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let changes = loop {
+        let changes = decode_changes(&read_records(&cfg.bootstrap(), "korvid.k8s.objects.v1"));
+        let complete = expected
+            .iter()
+            .all(|(key, n)| history(&changes, key).len() >= *n);
+        if complete || std::time::Instant::now() > deadline {
+            break changes;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let snap = |rv: &str| Some((ObjectOp::Snapshot, Some(rv.to_string())));
     assert_eq!(
         history(&changes, "e2e/uid-a"),
