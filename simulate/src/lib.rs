@@ -139,10 +139,22 @@ impl Label {
         }
     }
 
-    pub(crate) fn with_events(mut self, events: &[(i64, Value)]) -> Self {
-        self.audit_ids = audit_ids(events);
+    pub(crate) fn with_events(mut self, events: &[AuditLine]) -> Self {
+        self.audit_ids = events.iter().map(|e| e.audit_id.clone()).collect();
         self
     }
+}
+
+/// One audit event, serialised as it is written (a simulation holds hundreds of thousands;
+/// as JSON values they took several times the memory).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditLine {
+    /// When (Unix ms).
+    pub at_ms: i64,
+    /// Its `auditID`.
+    pub audit_id: String,
+    /// The event, as one line of JSON.
+    pub json: String,
 }
 
 /// A simulated cluster with its traffic and ground truth.
@@ -150,8 +162,8 @@ impl Label {
 pub struct Simulation {
     /// Objects and image scans.
     pub cluster: Cluster,
-    /// (time, audit event), in time order once [`simulate`] returns.
-    pub audit: Vec<(i64, Value)>,
+    /// Audit events, in time order once [`simulate`] returns.
+    pub audit: Vec<AuditLine>,
     /// Attack steps and notable benign actions, in time order.
     pub labels: Vec<Label>,
 }
@@ -198,7 +210,7 @@ pub fn simulate(config: &SimConfig) -> Result<Simulation, SimError> {
         let start = config.start_ms + duration_ms * (i as i64 + 1) / (config.campaigns as i64 + 1);
         campaign(&mut rng, &snapshot, &allowed, i + 1, start, &mut sim);
     }
-    sim.audit.sort_by_key(|(t, _)| *t);
+    sim.audit.sort_by_key(|e| e.at_ms);
     sim.labels
         .sort_by(|a, b| (a.start_ms, &a.technique).cmp(&(b.start_ms, &b.technique)));
     Ok(sim)
@@ -283,7 +295,9 @@ fn campaign(
         (technique.run)(&mut step);
         let last = step.events.last().map_or(first, |(t, _)| *t);
         let ids = audit_ids(&step.events);
-        sim.audit.append(&mut step.events);
+        for event in step.events.drain(..) {
+            sim.record(event);
+        }
         sim.labels.push(Label {
             malicious: true,
             campaign: Some(format!("c{n}")),
@@ -303,6 +317,15 @@ fn campaign(
 }
 
 impl Simulation {
+    /// Keeps an audit event (time, event).
+    pub(crate) fn record(&mut self, (at_ms, event): (i64, Value)) {
+        self.audit.push(AuditLine {
+            at_ms,
+            audit_id: event["auditID"].as_str().unwrap_or_default().to_string(),
+            json: event.to_string(),
+        });
+    }
+
     /// Writes `cluster.json` (a v1 List of every object), `audit.log` (JSON lines, time order),
     /// `scans/*.json` (Trivy reports), `labels.jsonl` and `summary.json` into `dir`.
     pub fn write_dir(&self, dir: &Path) -> Result<(), SimError> {
@@ -322,8 +345,8 @@ impl Simulation {
         let list = json!({"apiVersion": "v1", "kind": "List", "items": self.cluster.objects});
         write("cluster.json", to_json(&list))?;
         let mut log = Vec::new();
-        for (_, e) in &self.audit {
-            log.extend(to_json(e));
+        for e in &self.audit {
+            log.extend(e.json.as_bytes());
             log.push(b'\n');
         }
         write("audit.log", log)?;
@@ -434,7 +457,7 @@ mod tests {
         }
         assert!(sim.labels.iter().any(|l| !l.malicious));
         assert!(
-            sim.audit.windows(2).all(|w| w[0].0 <= w[1].0),
+            sim.audit.windows(2).all(|w| w[0].at_ms <= w[1].at_ms),
             "audit in time order"
         );
     }

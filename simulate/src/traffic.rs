@@ -115,7 +115,7 @@ pub fn generate(
             .query("limit=500&resourceVersion=0"),
             _ => Req::non_resource("system:anonymous", "/healthz").from(&node_ip(&pod.node)),
         };
-        out.audit.push((t, req.event(rng, t)));
+        out.record((t, req.event(rng, t)));
     }
     operator_informers(rng, start_ms, out);
     let minutes = (duration_ms / 60_000).max(1);
@@ -154,13 +154,13 @@ fn operator_informers(rng: &mut Rng, t: i64, out: &mut Simulation) {
         .enumerate()
     {
         let at = t + 500 + i as i64 * 40;
-        out.audit.push((
+        out.record((
             at,
             Req::new(sa, "list", resource)
                 .query("limit=500&resourceVersion=0")
                 .event(rng, at),
         ));
-        out.audit.push((at + 30, Req::new(sa, "watch", resource)
+        out.record((at + 30, Req::new(sa, "watch", resource)
             .query("allowWatchBookmarks=true&resourceVersion=6578368&timeoutSeconds=503&watch=true").event(rng, at + 30)));
     }
     let label = Label::benign(
@@ -186,7 +186,7 @@ fn ci_smoke_tests(rng: &mut Rng, c: &Cluster, t: i64, out: &mut Simulation) {
         .code(101)
         .from("10.0.3.7")
         .agent("ci-runner/2.4 (linux/amd64)");
-    out.audit.push((t, req.event(rng, t)));
+    out.record((t, req.event(rng, t)));
     let label = Label::benign(
         "ci-exec",
         "the CI runner execs a smoke test",
@@ -208,7 +208,7 @@ fn backup(rng: &mut Rng, c: &Cluster, t: i64, out: &mut Simulation) {
     for (i, ns) in c.namespaces.iter().enumerate() {
         let at = t + i as i64 * 150;
         for resource in ["secrets", "configmaps"] {
-            out.audit.push((
+            out.record((
                 at,
                 Req::new(sa, "list", resource)
                     .ns(&ns.name)
@@ -239,7 +239,7 @@ fn deploy(rng: &mut Rng, c: &Cluster, t: i64, out: &mut Simulation) {
     };
     let app = pod.service_account.clone();
     let from = out.audit.len();
-    out.audit.push((
+    out.record((
         t,
         Req::new("ci-deployer", "patch", "deployments")
             .group("apps")
@@ -259,7 +259,7 @@ fn deploy(rng: &mut Rng, c: &Cluster, t: i64, out: &mut Simulation) {
         "spec": {"serviceAccountName": app, "containers": [{"name": app,
             "image": format!("registry.example.com/{}/{app}:1.{}.0", ns.name, rng.below(20)),
             "securityContext": {"runAsNonRoot": true, "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true}}]}});
-    out.audit.push((
+    out.record((
         t + 400,
         Req::new(
             "system:serviceaccount:kube-system:replicaset-controller",
@@ -271,7 +271,7 @@ fn deploy(rng: &mut Rng, c: &Cluster, t: i64, out: &mut Simulation) {
         .body(body)
         .event(rng, t + 400),
     ));
-    out.audit.push((
+    out.record((
         t + 9_000,
         Req::new(
             "system:serviceaccount:kube-system:replicaset-controller",
@@ -309,7 +309,7 @@ fn developer_exec(rng: &mut Rng, c: &Cluster, t: i64, out: &mut Simulation) {
         .code(101)
         .from(&ip)
         .event(rng, t);
-    out.audit.push((t, req));
+    out.record((t, req));
     let label = Label::benign(
         "developer-exec",
         "a developer debugs their own pod",
