@@ -294,10 +294,14 @@ fn campaign(
         step.scripted = false;
         (technique.run)(&mut step);
         let last = step.events.last().map_or(first, |(t, _)| *t);
-        let ids = audit_ids(&step.events);
+        let from = sim.audit.len();
         for event in step.events.drain(..) {
             sim.record(event);
         }
+        let ids = sim.audit[from..]
+            .iter()
+            .map(|e| e.audit_id.clone())
+            .collect();
         sim.labels.push(Label {
             malicious: true,
             campaign: Some(format!("c{n}")),
@@ -386,13 +390,6 @@ impl Simulation {
             "benign_labels": self.labels.len() - attacks.len(),
         })
     }
-}
-
-fn audit_ids(events: &[(i64, Value)]) -> Vec<String> {
-    events
-        .iter()
-        .filter_map(|(_, e)| e["auditID"].as_str().map(str::to_string))
-        .collect()
 }
 
 fn to_json(v: &Value) -> Vec<u8> {
