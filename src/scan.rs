@@ -29,7 +29,7 @@ pub enum Format {
 
 /// Files read, and what they held.
 #[derive(Default)]
-struct Inputs {
+pub(crate) struct Inputs {
     objects: Vec<ObjectChange>,
     scans: Vec<ImageScan>,
     events: Vec<AuditEvent>,
@@ -83,28 +83,9 @@ pub async fn run(
         },
         None => Exceptions::default(),
     };
-    let cluster = settings.ingest.cluster.clone();
-    let sanitizer = Sanitizer::new(b"korvid-scan-offline-key");
-    let (files, unreadable) =
-        korvid_ingest::snapshot::files_below(paths, &["yaml", "yml", "json", "jsonl", "log"]);
-    if !unreadable.is_empty() {
-        for r in &unreadable {
-            eprintln!("korvid scan: cannot read {}: {}", r.origin, r.reason);
-        }
+    let Some(mut inputs) = read_inputs(paths, settings)? else {
         return Ok(2);
-    }
-    let mut inputs = Inputs::default();
-    let progress = std::io::stderr().is_terminal() && files.len() > 20;
-    for (i, file) in files.iter().enumerate() {
-        if progress {
-            eprint!("\rkorvid scan: reading {}/{} files", i + 1, files.len());
-        }
-        read_file(file, &cluster, &sanitizer, &mut inputs)
-            .with_context(|| format!("reading {}", file.display()))?;
-    }
-    if progress {
-        eprintln!();
-    }
+    };
     let catalog = crate::rules_cmd::catalog(settings);
     for e in &catalog.errors {
         eprintln!("korvid scan: rule not loaded: {e}");
@@ -113,14 +94,7 @@ pub async fn run(
         .await
         .context("planning the rules")?;
     let (object_count, event_count) = (inputs.objects.len(), inputs.events.len());
-    let windows = korvid_enrich::offline::windows(
-        &inputs.objects,
-        std::mem::take(&mut inputs.scans),
-        std::mem::take(&mut inputs.events),
-        settings.enrich.window_ms,
-        settings.enrich.max_window_nodes,
-    )
-    .await?;
+    let windows = inputs.windows(settings).await?;
     let mut findings: BTreeMap<String, Finding> = BTreeMap::new();
     for w in &windows.windows {
         let eval = engine.evaluate(w, w.window_end).await?;
@@ -184,6 +158,55 @@ pub async fn run(
         .fail_on
         .is_some_and(|min| findings.iter().any(|f| f.severity >= min));
     Ok(u8::from(failing))
+}
+
+/// Reads every file below `paths`; `None` (after naming each on stderr) when some cannot be
+/// read.
+pub(crate) fn read_inputs(
+    paths: &[PathBuf],
+    settings: &KorvidSettings,
+) -> anyhow::Result<Option<Inputs>> {
+    let cluster = settings.ingest.cluster.clone();
+    let sanitizer = Sanitizer::new(b"korvid-scan-offline-key");
+    let (files, unreadable) =
+        korvid_ingest::snapshot::files_below(paths, &["yaml", "yml", "json", "jsonl", "log"]);
+    if !unreadable.is_empty() {
+        for r in &unreadable {
+            eprintln!("korvid: cannot read {}: {}", r.origin, r.reason);
+        }
+        return Ok(None);
+    }
+    let mut inputs = Inputs::default();
+    let progress = std::io::stderr().is_terminal() && files.len() > 20;
+    for (i, file) in files.iter().enumerate() {
+        if progress {
+            eprint!("\rkorvid: reading {}/{} files", i + 1, files.len());
+        }
+        read_file(file, &cluster, &sanitizer, &mut inputs)
+            .with_context(|| format!("reading {}", file.display()))?;
+    }
+    if progress {
+        eprintln!();
+    }
+    Ok(Some(inputs))
+}
+
+impl Inputs {
+    /// Every graph window the pipeline would build from what was read (takes the scans and
+    /// events).
+    pub(crate) async fn windows(
+        &mut self,
+        settings: &KorvidSettings,
+    ) -> anyhow::Result<korvid_enrich::offline::OfflineWindows> {
+        Ok(korvid_enrich::offline::windows(
+            &self.objects,
+            std::mem::take(&mut self.scans),
+            std::mem::take(&mut self.events),
+            settings.enrich.window_ms,
+            settings.enrich.max_window_nodes,
+        )
+        .await?)
+    }
 }
 
 /// Reads one file into `inputs`, recognising each document by its content.

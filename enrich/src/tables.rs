@@ -524,14 +524,10 @@ pub fn relation(e: &AuditEvent) -> String {
     }
 }
 
-/// Subject node of an audited request: users, or service accounts parsed from their username.
+/// Subject node of an audited request (the contract's [`subject_node`], owned).
 fn subject_node(e: &AuditEvent) -> (String, Option<String>, String) {
-    if let Some(rest) = e.user.strip_prefix("system:serviceaccount:")
-        && let Some((ns, name)) = rest.split_once(':')
-    {
-        return ("ServiceAccount".into(), Some(ns.into()), name.into());
-    }
-    ("User".into(), None, e.user.clone())
+    let (kind, ns, name) = korvid_schemas::window_tables::subject_node(&e.user);
+    (kind.into(), ns.map(Into::into), name.into())
 }
 
 /// Ids of the entities `events` touched (subjects and targets), to find them in the inventory.

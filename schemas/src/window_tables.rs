@@ -190,3 +190,20 @@ pub fn kube_events() -> SchemaRef {
     })
     .clone()
 }
+
+/// The entity an audited request's user is: a service account (`system:serviceaccount:NS:NAME`)
+/// or a user, as (kind, namespace, name).
+pub fn subject_node(user: &str) -> (&'static str, Option<&str>, &str) {
+    if let Some(rest) = user.strip_prefix("system:serviceaccount:")
+        && let Some((ns, name)) = rest.split_once(':')
+    {
+        return ("ServiceAccount", Some(ns), name);
+    }
+    ("User", None, user)
+}
+
+/// The `nodes.id` of an audited request's user (see [`subject_node`]).
+pub fn subject_node_id(user: &str) -> String {
+    let (kind, ns, name) = subject_node(user);
+    format!("{kind}/{}/{name}", ns.unwrap_or(""))
+}

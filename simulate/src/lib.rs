@@ -87,7 +87,7 @@ pub enum SimError {
 }
 
 /// Ground truth for one step of a campaign, or one notable benign action.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct Label {
     /// Whether it is part of an attack.
     pub malicious: bool,
