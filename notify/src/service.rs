@@ -102,7 +102,7 @@ pub async fn run(settings: NotifySettings, ctx: ServiceContext) -> Result<(), No
     let t = &ctx.telemetry;
     let decisions: Family<Vec<(String, String)>, Counter> = t.register(
         "notify_findings",
-        "Findings handled, by decision (notify, suppress, replay)",
+        "Findings handled, by decision (notify, suppress, replay, below_min_severity)",
         Family::default(),
     );
     let deliveries: Family<Vec<(String, String)>, Counter> = t.register(
@@ -168,6 +168,12 @@ async fn handle(
     decisions: &Family<Vec<(String, String)>, Counter>,
     deliveries: &Family<Vec<(String, String)>, Counter>,
 ) -> Result<(), KafkaClientError> {
+    if f.severity < settings.min_severity() {
+        decisions
+            .get_or_create(&vec![("decision".into(), "below_min_severity".into())])
+            .inc();
+        return Ok(());
+    }
     let now = korvid_common::now_millis();
     let decision = store.decide(f, now, settings.repeat_interval_ms);
     let label = match decision {

@@ -15,6 +15,18 @@ pub struct NotifySettings {
     pub alerts_topic: bool,
     /// Webhook receivers (`[[notify.webhooks]]`).
     pub webhooks: Vec<WebhookSinkSettings>,
+    /// Findings below this severity (`low`, `medium`, `high`, `critical`) are not sent: they
+    /// stay on the findings topic for queries. Low is what the graph model lowers routine rule
+    /// hits to.
+    pub min_severity: String,
+}
+
+impl NotifySettings {
+    /// The parsed `min_severity` (validated at start-up).
+    pub fn min_severity(&self) -> korvid_schemas::Severity {
+        korvid_schemas::Severity::parse(&self.min_severity)
+            .unwrap_or(korvid_schemas::Severity::Medium)
+    }
 }
 
 impl Default for NotifySettings {
@@ -24,6 +36,7 @@ impl Default for NotifySettings {
             stdout: true,
             alerts_topic: true,
             webhooks: Vec::new(),
+            min_severity: "medium".into(),
         }
     }
 }
@@ -63,6 +76,15 @@ impl Validate for NotifySettings {
             1_000,
             365 * 24 * 3600 * 1000,
         )?;
+        if korvid_schemas::Severity::parse(&self.min_severity).is_none() {
+            return Err(SettingsError::invalid(
+                "notify.min_severity",
+                format!(
+                    "`{}`: expected low, medium, high or critical",
+                    self.min_severity
+                ),
+            ));
+        }
         for (i, w) in self.webhooks.iter().enumerate() {
             let key = |k: &str| format!("notify.webhooks[{i}].{k}");
             require_non_empty(&key("name"), &w.name)?;
