@@ -6,7 +6,7 @@ KORVID_TOOLS ?= $(HOME)/.cache/korvid/tools
 export KORVID_TOOLS
 WEBHOOK ?= http://127.0.0.1:9440/audit/webhook
 
-.PHONY: help setup build up send-sample test lint fmt bench bench-scan ci clean-data
+.PHONY: help setup build up demo send-sample test lint fmt bench bench-scan bench-model model ci clean-data
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -19,6 +19,9 @@ build: setup ## Build korvid
 
 up: build ## Run all services on the embedded broker (data in ./.korvid); Ctrl-C stops
 	$(CARGO) run --quiet --bin korvid -- up
+
+demo: build ## korvid up plus a simulated cluster and attack campaigns replayed into it; alerts on screen
+	$(CARGO) run --quiet --bin korvid -- demo
 
 send-sample: ## Post a sample audit batch (kubectl exec into a pod) to the running korvid
 	@curl -sS -X POST -H 'content-type: application/json' \
@@ -49,6 +52,21 @@ bench-scan: ## korvid scan vs checkov on 1,000 manifests from ../shared/corpora 
 	  python3 -m venv $(CHECKOV_VENV) && $(CHECKOV_VENV)/bin/pip install -q checkov; }
 	$(CARGO) build --profile $(SCAN_PROFILE) --bin korvid
 	$(CHECKOV_VENV)/bin/python scripts/bench_scan_vs_checkov.py $${CARGO_TARGET_DIR:-target}/$(SCAN_PROFILE)/korvid $(CHECKOV_VENV)/bin/checkov 1000
+
+MODEL_VENV ?= $(HOME)/.cache/korvid/model-venv
+MODEL_WORK ?= /tmp/korvid-model
+
+model: ## Train the graph model (simulate, featurize, train, compare, export ONNX; ~40 min on 2 cores, no GPU needed)
+	@test -x $(MODEL_VENV)/bin/python || { echo "model: installing the training environment into $(MODEL_VENV)"; \
+	  python3 -m venv $(MODEL_VENV) && $(MODEL_VENV)/bin/pip install -q -r detect/model/requirements.txt; }
+	$(CARGO) build --release --bin korvid
+	$(MODEL_VENV)/bin/python detect/model/train.py --korvid $${CARGO_TARGET_DIR:-target}/release/korvid --work $(MODEL_WORK)
+
+bench-model: setup ## Graph-model inference: batched ONNX Runtime vs PyTorch eager, same inputs, same threads
+	KORVID_BENCH_DIR=$(CURDIR)/target/bench-model $(CARGO) bench --bench model
+	@test -x $(MODEL_VENV)/bin/python || { echo "bench-model: installing the training environment into $(MODEL_VENV)"; \
+	  python3 -m venv $(MODEL_VENV) && $(MODEL_VENV)/bin/pip install -q -r detect/model/requirements.txt; }
+	$(MODEL_VENV)/bin/python detect/model/bench_torch.py target/bench-model
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

@@ -1,6 +1,8 @@
 //! The `korvid` binary: parses the command line, loads settings, starts telemetry and hands
 //! over to the services. Service logic lives in the service crates.
 
+mod demo;
+mod model_cmd;
 mod rules_cmd;
 mod scan;
 mod settings;
@@ -40,6 +42,9 @@ enum Command {
     /// Run all four services in one process. Without kafka.bootstrap_servers, start the
     /// embedded local broker (tansu) with its data under data_dir, and stop it on exit.
     Up,
+    /// `korvid up` plus a simulated cluster and attack campaigns replayed into it (objects
+    /// imported, audit events posted to the webhook); alerts appear on standard output.
+    Demo(demo::DemoArgs),
     /// Serve the API-server audit webhook and write audit events to Kafka.
     Ingest,
     /// Window audit events into graph windows of the cluster.
@@ -84,6 +89,12 @@ enum Command {
     /// campaigns (audit log, objects, image scans, ground truth) to a directory; `--list`
     /// shows the technique library.
     Simulate(simulate_cmd::SimulateArgs),
+    /// The graph model: `featurize` writes training tables from `korvid simulate` output
+    /// (see detect/model/README.md for training).
+    Model {
+        #[command(subcommand)]
+        action: model_cmd::ModelAction,
+    },
     /// Work with the rule catalog (built-in rules plus detect.rules_dirs).
     Rules {
         #[command(subcommand)]
@@ -136,8 +147,10 @@ fn main() -> ExitCode {
         Command::Rules { .. } => "rules",
         Command::Scan { .. } => "scan",
         Command::Simulate(_) => "simulate",
+        Command::Model { .. } => "model",
         Command::Import { .. } => "import",
         Command::Up => "up",
+        Command::Demo(_) => "demo",
         Command::Ingest => "ingest",
         Command::Enrich => "enrich",
         Command::Detect => "detect",
@@ -206,6 +219,8 @@ fn main() -> ExitCode {
             };
         }
         Command::Import { paths } => runtime.block_on(up::import(&paths, settings)),
+        Command::Model { action } => runtime.block_on(model_cmd::run(action, &settings)),
+        Command::Demo(args) => runtime.block_on(demo::run(args, settings)),
         _ => runtime.block_on(up::run(service, settings)),
     };
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));

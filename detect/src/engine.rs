@@ -142,6 +142,15 @@ impl RuleEngine {
         self.rules.iter().map(|(r, _)| r)
     }
 
+    /// Whether rule `id` judges object state only (reads neither `activity` nor
+    /// `kube_events`); unknown ids are not.
+    pub fn is_state_only(&self, id: &str) -> bool {
+        self.rules
+            .iter()
+            .zip(&self.state_only)
+            .any(|((r, _), state)| *state && r.id == id)
+    }
+
     /// Rules that could not be loaded or planned.
     pub fn errors(&self) -> &[RuleLoadError] {
         &self.errors
@@ -231,7 +240,7 @@ impl RuleEngine {
     }
 }
 
-fn read_ipc(bytes: &[u8]) -> Result<Vec<RecordBatch>, String> {
+pub(crate) fn read_ipc(bytes: &[u8]) -> Result<Vec<RecordBatch>, String> {
     let reader =
         StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(|e| e.to_string())?;
     reader
@@ -371,7 +380,8 @@ fn findings_from(
     out
 }
 
-fn digest(parts: &[&str]) -> String {
+/// A short stable hash of `parts` (ids and fingerprints).
+pub(crate) fn digest(parts: &[&str]) -> String {
     let mut h = Sha256::new();
     for p in parts {
         h.update(p.as_bytes());

@@ -6,6 +6,7 @@
 
 pub mod engine;
 pub mod exceptions;
+pub mod model;
 pub mod prefilter;
 pub mod rules;
 mod service;
@@ -15,4 +16,4 @@ pub use engine::RuleEngine;
 pub use exceptions::{Exception, Exceptions, ExceptionsError};
 pub use rules::{AuditExample, Example, Examples, Rule, RuleCatalog, RuleLoadError};
 pub use service::run;
-pub use settings::DetectSettings;
+pub use settings::{DetectSettings, ModelMode, ModelSettings};

@@ -9,8 +9,9 @@ use korvid_schemas::GraphWindow;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-use crate::engine::RuleEngine;
+use crate::engine::{Evaluation, RuleEngine};
 use crate::exceptions::Exceptions;
+use crate::model::Batcher;
 use crate::rules::RuleCatalog;
 use crate::settings::DetectSettings;
 
@@ -32,6 +33,9 @@ pub enum DetectError {
     /// No rule could be loaded.
     #[error("no usable rules: {0}")]
     NoRules(String),
+    /// The graph model was required (detect.model.mode = "on") and cannot run.
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
     /// The exceptions file cannot be used.
     #[error(transparent)]
     Exceptions(#[from] crate::exceptions::ExceptionsError),
@@ -69,6 +73,7 @@ pub async fn engine_from(settings: &DetectSettings) -> Result<RuleEngine, Detect
 pub async fn run(settings: DetectSettings, ctx: ServiceContext) -> Result<(), DetectError> {
     ctx.telemetry.declare(COMPONENT);
     let engine = engine_from(&settings).await?;
+    let model = crate::model::start(&settings.model)?;
     let exceptions = match &settings.exceptions {
         Some(path) => Exceptions::load(path)?,
         None => Exceptions::default(),
@@ -102,71 +107,144 @@ pub async fn run(settings: DetectSettings, ctx: ServiceContext) -> Result<(), De
         "Findings not published because an exception in force covers them",
         Counter::default(),
     );
+    let lowered: Counter = t.register(
+        "detect_model_lowered",
+        "Rule findings the graph model lowered to low (routine in context)",
+        Counter::default(),
+    );
+    let raised: Counter = t.register(
+        "detect_model_raised",
+        "Rule findings the graph model raised (on an attack path)",
+        Counter::default(),
+    );
+    let model_errors: Counter = t.register(
+        "detect_model_errors",
+        "Windows whose findings went out unfused because inference failed",
+        Counter::default(),
+    );
+    let batch_windows: Counter = t.register(
+        "detect_model_windows",
+        "Window graphs scored by the graph model",
+        Counter::default(),
+    );
     ctx.telemetry.set_ready(COMPONENT, true);
 
     let mut failure = None;
-    while let Some(msg) = consumer.next(&ctx.shutdown).await {
-        windows.inc();
-        if let Some(bytes) = &msg.payload {
+    while let Some(first) = consumer.next(&ctx.shutdown).await {
+        // With the model on, take what else is already waiting (up to a batch), so the
+        // windows are scored together.
+        let mut msgs = vec![first];
+        if model.is_some() {
+            while msgs.len() < settings.model.max_batch_graphs {
+                match tokio::time::timeout(Duration::from_millis(1), consumer.next(&ctx.shutdown))
+                    .await
+                {
+                    Ok(Some(m)) => msgs.push(m),
+                    _ => break,
+                }
+            }
+        }
+        // Rules, window by window (the engine holds one window's tables at a time).
+        let mut results = Vec::with_capacity(msgs.len());
+        for msg in &msgs {
+            windows.inc();
+            let Some(bytes) = &msg.payload else {
+                results.push(None);
+                continue;
+            };
             let evaluated = match decoder.decode(bytes).await {
                 Ok(window) => engine
                     .evaluate(&window, korvid_common::now_millis())
                     .await
+                    .map(|eval| (window, eval))
                     .map_err(|e| (e.to_string(), "bad_window")),
                 Err(e) => Err((e.to_string(), e.kind())),
             };
-            match evaluated {
-                Ok(mut eval) => {
-                    let now = korvid_common::now_millis();
-                    for e in exceptions.expired(now) {
-                        if expired_reported.insert(e.name.clone()) {
-                            tracing::warn!(exception = %e.name, owner = %e.owner, "exception expired; the findings it covered are published again");
-                        }
+            results.push(Some(evaluated));
+        }
+        // The model, every window of the chunk at once.
+        if let Some(batcher) = &model {
+            let scored = results
+                .iter_mut()
+                .filter_map(|r| r.as_mut().and_then(|r| r.as_mut().ok()))
+                .map(|(window, eval)| async {
+                    let outcome = score_and_fuse(batcher, &engine, window, eval).await;
+                    (window.window_id.clone(), outcome)
+                });
+            for (window, outcome) in futures::future::join_all(scored).await {
+                match outcome {
+                    Ok(o) => {
+                        batch_windows.inc();
+                        lowered.inc_by(o.lowered as u64);
+                        raised.inc_by(o.raised as u64);
                     }
-                    let removed = exceptions.apply(&mut eval.findings, now);
-                    excepted.inc_by(removed.values().sum::<usize>() as u64);
-                    for (rule, err) in &eval.failed_rules {
-                        tracing::error!(rule = %rule, error = %err, "rule failed on a window");
-                        rule_errors
-                            .get_or_create(&vec![("rule".into(), rule.clone())])
-                            .inc();
-                    }
-                    let sends = eval
-                        .findings
-                        .iter()
-                        .map(|f| producer.send(&topics.findings, &f.fingerprint, f));
-                    let results = futures::future::join_all(sends).await;
-                    if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
-                        // Not acknowledged: do not store the offset; stop so a restart (or
-                        // another instance) re-evaluates the window. Finding ids are
-                        // deterministic, so the retry is harmless.
-                        tracing::error!(error = %e, "findings not acknowledged; stopping without committing this window");
-                        failure = Some(e.to_string());
-                        break;
-                    }
-                    for f in &eval.findings {
-                        tracing::info!(rule = ?f.rule_id, subject = %f.subject, tactic = f.tactic.as_str(), "finding");
-                        findings
-                            .get_or_create(&vec![
-                                ("tactic".into(), f.tactic.as_str().to_string()),
-                                ("severity".into(), f.severity.as_str().to_string()),
-                            ])
-                            .inc();
-                    }
-                }
-                Err((why, kind)) => {
-                    if let Err(e) = dead_letters
-                        .send(STAGE, kind, &why, bytes, msg.source())
-                        .await
-                    {
-                        tracing::error!(error = %e, "dead letter not written; stopping without committing");
-                        failure = Some(e.to_string());
-                        break;
+                    Err(e) => {
+                        model_errors.inc();
+                        tracing::error!(window = %window, error = %e, "graph model failed; publishing the rule findings unfused");
                     }
                 }
             }
         }
-        consumer.done(&msg);
+        // Publish, in order; a window's offset is stored once its output is acknowledged.
+        for (msg, result) in msgs.iter().zip(results) {
+            if let Some(evaluated) = result {
+                let bytes = msg.payload.as_deref().unwrap_or_default();
+                match evaluated {
+                    Ok((_, mut eval)) => {
+                        let now = korvid_common::now_millis();
+                        for e in exceptions.expired(now) {
+                            if expired_reported.insert(e.name.clone()) {
+                                tracing::warn!(exception = %e.name, owner = %e.owner, "exception expired; the findings it covered are published again");
+                            }
+                        }
+                        let removed = exceptions.apply(&mut eval.findings, now);
+                        excepted.inc_by(removed.values().sum::<usize>() as u64);
+                        for (rule, err) in &eval.failed_rules {
+                            tracing::error!(rule = %rule, error = %err, "rule failed on a window");
+                            rule_errors
+                                .get_or_create(&vec![("rule".into(), rule.clone())])
+                                .inc();
+                        }
+                        let sends = eval
+                            .findings
+                            .iter()
+                            .map(|f| producer.send(&topics.findings, &f.fingerprint, f));
+                        let results = futures::future::join_all(sends).await;
+                        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+                            // Not acknowledged: do not store the offset; stop so a restart (or
+                            // another instance) re-evaluates the window. Finding ids are
+                            // deterministic, so the retry is harmless.
+                            tracing::error!(error = %e, "findings not acknowledged; stopping without committing this window");
+                            failure = Some(e.to_string());
+                            break;
+                        }
+                        for f in &eval.findings {
+                            tracing::info!(rule = ?f.rule_id, detector = ?f.detector, subject = %f.subject, tactic = f.tactic.as_str(), "finding");
+                            findings
+                                .get_or_create(&vec![
+                                    ("tactic".into(), f.tactic.as_str().to_string()),
+                                    ("severity".into(), f.severity.as_str().to_string()),
+                                ])
+                                .inc();
+                        }
+                    }
+                    Err((why, kind)) => {
+                        if let Err(e) = dead_letters
+                            .send(STAGE, kind, &why, bytes, msg.source())
+                            .await
+                        {
+                            tracing::error!(error = %e, "dead letter not written; stopping without committing");
+                            failure = Some(e.to_string());
+                            break;
+                        }
+                    }
+                }
+            }
+            consumer.done(msg);
+        }
+        if failure.is_some() {
+            break;
+        }
     }
     let _ = producer.flush(Duration::from_secs(5));
     consumer.finish();
@@ -175,4 +253,31 @@ pub async fn run(settings: DetectSettings, ctx: ServiceContext) -> Result<(), De
     }
     tracing::info!("detect stopped");
     Ok(())
+}
+
+/// Scores one window with the model and fuses the verdict into its findings.
+async fn score_and_fuse(
+    batcher: &Batcher,
+    engine: &RuleEngine,
+    window: &GraphWindow,
+    eval: &mut Evaluation,
+) -> Result<crate::model::FusionOutcome, crate::model::ModelError> {
+    let graph = std::sync::Arc::new(
+        crate::model::window_graph(window, &eval.findings)
+            .map_err(crate::model::ModelError::Inference)?,
+    );
+    let scores = batcher.score(graph.clone()).await?;
+    Ok(crate::model::fuse(
+        window,
+        &graph,
+        &scores,
+        batcher.info(),
+        &mut eval.findings,
+        korvid_common::now_millis(),
+        |f| {
+            f.rule_id
+                .as_deref()
+                .is_some_and(|id| engine.is_state_only(id))
+        },
+    ))
 }

@@ -1,0 +1,309 @@
+//! Scale-out on a real broker (tansu): every service its own process, two `korvid detect`
+//! processes in one consumer group sharing the windows topic's partitions. One is killed
+//! (SIGKILL, no goodbye) mid-stream and replaced; every window is still evaluated (the
+//! uncommitted ones again), and no alert is sent twice.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use korvid_schemas::{Decoder, Finding, GraphWindow};
+use support::*;
+
+/// One korvid service process with its own telemetry port.
+struct Service {
+    name: &'static str,
+    child: Option<Child>,
+    log: PathBuf,
+    port: u16,
+}
+
+impl Service {
+    fn start(cfg: &KorvidConfig, command: &str, name: &'static str) -> Service {
+        let port = free_port();
+        let log = cfg.dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_korvid"))
+            .arg("--config")
+            .arg(cfg.config_path())
+            .arg(command)
+            .env("KORVID__KAFKA__BOOTSTRAP_SERVERS", cfg.bootstrap())
+            .env("KORVID__KAFKA__PARTITIONS", "4")
+            .env("KORVID__TELEMETRY__LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out.try_clone().expect("dup")))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("spawn korvid");
+        Service {
+            name,
+            child: Some(child),
+            log,
+            port,
+        }
+    }
+
+    fn log_text(&self) -> String {
+        format!(
+            "--- {} ---\n{}",
+            self.name,
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        )
+    }
+
+    async fn ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "{} exited during start-up ({status}):\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            let url = format!("http://127.0.0.1:{}/readyz", self.port);
+            if let Ok(r) = http().get(url).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready:\n{}",
+                self.name,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let url = format!("http://127.0.0.1:{}/metrics", self.port);
+        let Ok(r) = http().get(url).send().await else {
+            return 0.0;
+        };
+        r.text()
+            .await
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    fn kill_hard(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("SIGKILL");
+            c.wait().expect("reaped");
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+async fn post_execs(cfg: &KorvidConfig, range: std::ops::Range<usize>) {
+    for i in range {
+        let batch = exec_batch(
+            &format!("scale-{i}"),
+            &format!("team-{i}"),
+            &format!("api-{i}"),
+            &format!("user-{i}"),
+            now_ms(),
+        );
+        post_ok(&cfg.webhook_url(), batch).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_detect_instances_share_windows_and_a_killed_one_loses_nothing() {
+    use korvid_common::broker::{BrokerSettings, LocalBroker};
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = LocalBroker::start(
+        &BrokerSettings {
+            listen: format!("127.0.0.1:{}", free_port()),
+            binary: None,
+            storage: "memory".into(),
+        },
+        &dir.path().join("broker"),
+    )
+    .await
+    .expect("broker (make setup installs it)");
+    let receiver = Receiver::start().await;
+    let cfg = KorvidConfig::with_kafka(dir.path(), &receiver.url, &broker.bootstrap).with_extra(
+        "[kafka.client]\n\"max.poll.interval.ms\" = \"15000\"\n\"session.timeout.ms\" = \"6000\"\n",
+    );
+
+    // Topics first (ingest creates them), then the consumers.
+    let mut ingest = Service::start(&cfg, "ingest", "ingest");
+    ingest.ready().await;
+    let mut services = vec![
+        Service::start(&cfg, "enrich", "enrich"),
+        Service::start(&cfg, "notify", "notify"),
+    ];
+    let mut a = Service::start(&cfg, "detect", "detect-a");
+    let mut b = Service::start(&cfg, "detect", "detect-b");
+    for s in services.iter_mut().chain([&mut a, &mut b]) {
+        s.ready().await;
+    }
+    let logs = |extra: &[&Service]| {
+        extra
+            .iter()
+            .map(|s| s.log_text())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+
+    // Wait for the group to settle: two partitions each.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ![&a, &b].iter().all(|s| {
+        s.log_text()
+            .lines()
+            .rfind(|l| l.contains("partitions assigned"))
+            .is_some_and(|l| l.ends_with("partitions=2"))
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the group did not settle:\n{}",
+            logs(&[&a, &b])
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // First half: both instances take part.
+    post_execs(&cfg, 0..24).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (wa, wb) = (
+            a.metric("korvid_detect_windows").await,
+            b.metric("korvid_detect_windows").await,
+        );
+        if wa >= 1.0 && wb >= 1.0 && receiver.deliveries().len() >= 12 {
+            println!("before the kill: detect-a {wa} windows, detect-b {wb}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both instances should evaluate windows (a {wa}, b {wb}, {} alerts):\n{}",
+            receiver.deliveries().len(),
+            logs(&[&a, &b])
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Kill one mid-stream, with windows of its partitions still coming, then start its
+    // replacement as an orchestrator would. (The survivor alone does not take the dead
+    // member's partitions over on tansu 0.6: its coordinator drops the member after the
+    // session timeout but keeps the group's generation and assignment, so the survivor's
+    // rejoin returns its old partitions. A new member joining starts a new generation.)
+    a.kill_hard();
+    post_execs(&cfg, 24..48).await;
+    let mut c = Service::start(&cfg, "detect", "detect-c");
+    c.ready().await;
+
+    let expected: BTreeSet<String> = (0..48).map(|i| format!("api-{i}")).collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let exec_alerts = loop {
+        let got: Vec<serde_json::Value> = receiver
+            .deliveries()
+            .into_iter()
+            .map(|d| d.body["alert"].clone())
+            .filter(|a| a["rule_id"] == "KOR-0001")
+            .collect();
+        let pods: BTreeSet<String> = got
+            .iter()
+            .filter_map(|a| a["subject"]["name"].as_str().map(str::to_string))
+            .collect();
+        if pods == expected {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "missing exec alerts for {:?}:\n{}\n--- broker ---\n{}",
+            expected.difference(&pods).collect::<Vec<_>>(),
+            logs(&[&a, &b, &c, &services[0], &services[1]]),
+            std::fs::read_to_string(&broker.log_path).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Let any re-evaluation of the killed instance's uncommitted windows come through.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // No alert twice: every fingerprint was delivered once.
+    let mut per_fingerprint: BTreeMap<String, usize> = BTreeMap::new();
+    for d in receiver.deliveries() {
+        let fp = d.body["alert"]["fingerprint"]
+            .as_str()
+            .expect("fingerprint")
+            .to_string();
+        *per_fingerprint.entry(fp).or_default() += 1;
+    }
+    let twice: Vec<_> = per_fingerprint.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "alerts sent twice: {twice:?}");
+    assert_eq!(exec_alerts.len(), 48);
+
+    // No window lost: every window enrich published has findings from detect.
+    let windows: Vec<GraphWindow> = {
+        let decoder = Decoder::<GraphWindow>::new();
+        read_topic(&cfg.bootstrap(), "korvid.graph.windows.v1")
+            .iter()
+            .filter_map(|v| decoder.decode(v).ok())
+            .collect()
+    };
+    let findings: BTreeSet<String> = {
+        let decoder = Decoder::<Finding>::new();
+        read_topic(&cfg.bootstrap(), "korvid.findings.v1")
+            .iter()
+            .filter_map(|v| decoder.decode(v).ok())
+            .map(|f| f.window_id)
+            .collect()
+    };
+    let exec_windows: Vec<&GraphWindow> = windows
+        .iter()
+        .filter(|w| w.partition_key.contains("/team-"))
+        .collect();
+    assert!(exec_windows.len() >= 48, "{} windows", exec_windows.len());
+    for w in exec_windows {
+        assert!(
+            findings.contains(&w.window_id),
+            "window {} ({}) was never evaluated",
+            w.window_id,
+            w.partition_key
+        );
+    }
+    println!(
+        "after the kill: detect-b evaluated {} windows in all, its replacement {}",
+        b.metric("korvid_detect_windows").await,
+        c.metric("korvid_detect_windows").await
+    );
+    drop(services);
+    drop(b);
+    drop(c);
+    drop(ingest);
+    broker.stop(Duration::from_secs(2)).await;
+}
