@@ -56,7 +56,7 @@ bench-scan: ## korvid scan vs checkov on 1,000 manifests from ../shared/corpora 
 MODEL_VENV ?= $(HOME)/.cache/korvid/model-venv
 MODEL_WORK ?= /tmp/korvid-model
 
-model: ## Train the graph model (simulate, featurize, train, compare, export ONNX; ~40 min on 2 cores, no GPU needed)
+model: ## Train the graph model (simulate, featurize, train, compare, export ONNX; ~40 min on 2 cores after the build, no GPU needed)
 	@test -x $(MODEL_VENV)/bin/python || { echo "model: installing the training environment into $(MODEL_VENV)"; \
 	  python3 -m venv $(MODEL_VENV) && $(MODEL_VENV)/bin/pip install -q -r detect/model/requirements.txt; }
 	$(CARGO) build --release --bin korvid
