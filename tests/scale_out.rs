@@ -209,8 +209,22 @@ async fn two_detect_instances_share_windows_and_a_killed_one_loses_nothing() {
     // member's partitions over on tansu 0.6: its coordinator drops the member after the
     // session timeout but keeps the group's generation and assignment, so the survivor's
     // rejoin returns its old partitions. A new member joining starts a new generation.)
+    let assignments = |s: &Service| s.log_text().matches("partitions assigned").count();
+    let before = assignments(&b);
     a.kill_hard();
     post_execs(&cfg, 24..48).await;
+    // The replacement joins once the coordinator has dropped the dead member (the survivor
+    // rebalances then); joining earlier races tansu's eviction and can leave a partition
+    // assigned to the dead member.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while assignments(&b) == before {
+        assert!(
+            Instant::now() < deadline,
+            "the dead member was never dropped:\n{}",
+            logs(&[&b])
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut c = Service::start(&cfg, "detect", "detect-c");
     c.ready().await;
 
