@@ -435,6 +435,13 @@ def rows_scatter_as_scatternd(graph):
         n.input[0], n.input[2] = data, updates
         to_scatternd(n, expand.input[0])
         rewritten += 1
+    # The exporter slices the scattered values to the index's shape (an identity here: the
+    # index was expanded to the values' shape, or is as wide as they are), which copies them
+    # and keeps the expanded index alive just for its shape: scatter the values themselves.
+    for n in graph.node:
+        cut = producers.get(n.input[2]) if n.op_type == "ScatterND" else None
+        if cut is not None and cut.op_type == "Slice" and len(cut.input) == 3:
+            n.input[2] = cut.input[0]
     # Drop what no longer feeds anything (If branches read outer names too).
     def inputs(nodes):
         for n in nodes:
