@@ -87,8 +87,7 @@ async fn featurize(
         let windows = inputs.windows(settings).await?;
         for w in &windows.windows {
             let eval = engine.evaluate(w, w.window_end).await?;
-            let graph = features::window_graph(w, &eval.findings)
-                .map_err(|e| anyhow::anyhow!("window {}: {e}", w.window_id))?;
+            let graph = features::window_graph(&eval.tables, &eval.findings);
             let truth = truth(w, &graph, &labels, settings.enrich.window_ms);
             totals.0 += 1;
             totals.1 += graph.node_count();

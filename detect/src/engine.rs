@@ -59,6 +59,20 @@ pub struct Evaluation {
     pub failed_rules: Vec<(String, String)>,
     /// Rules not run because the window cannot match them (see [`crate::prefilter`]).
     pub skipped_rules: usize,
+    /// The window's tables as decoded for the rules, for what runs after them (the graph
+    /// model's features) so nothing decodes a window twice.
+    pub tables: WindowTables,
+}
+
+/// A window's decoded `nodes`, `edges` and `activity` tables.
+#[derive(Debug, Default, Clone)]
+pub struct WindowTables {
+    /// `nodes` batches.
+    pub nodes: Vec<RecordBatch>,
+    /// `edges` batches.
+    pub edges: Vec<RecordBatch>,
+    /// `activity` batches.
+    pub activity: Vec<RecordBatch>,
 }
 
 /// The catalog, planned against the window tables.
@@ -204,7 +218,15 @@ impl RuleEngine {
                     .map_or(&[][..], |(_, b, _)| b.as_slice())
             })
         });
+        let mut kept = WindowTables::default();
         for (name, batches, schema) in tables {
+            // Cheap: record batches share their buffers.
+            match name {
+                "nodes" => kept.nodes = batches.clone(),
+                "edges" => kept.edges = batches.clone(),
+                "activity" => kept.activity = batches.clone(),
+                _ => {}
+            }
             self.session
                 .load(name, batches)
                 .map_err(|e| EvalError::BadTable {
@@ -213,7 +235,10 @@ impl RuleEngine {
                     reason: format!("{e} (expected {schema:?})"),
                 })?;
         }
-        let mut out = Evaluation::default();
+        let mut out = Evaluation {
+            tables: kept,
+            ..Evaluation::default()
+        };
         let run: Vec<usize> = (0..self.rules.len())
             .filter(|i| match (&self.prefilter, &present) {
                 (Some(p), Some(present)) => !p.skips(*i, present),
@@ -240,7 +265,7 @@ impl RuleEngine {
     }
 }
 
-pub(crate) fn read_ipc(bytes: &[u8]) -> Result<Vec<RecordBatch>, String> {
+fn read_ipc(bytes: &[u8]) -> Result<Vec<RecordBatch>, String> {
     let reader =
         StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(|e| e.to_string())?;
     reader

@@ -262,10 +262,7 @@ async fn score_and_fuse(
     window: &GraphWindow,
     eval: &mut Evaluation,
 ) -> Result<crate::model::FusionOutcome, crate::model::ModelError> {
-    let graph = std::sync::Arc::new(
-        crate::model::window_graph(window, &eval.findings)
-            .map_err(crate::model::ModelError::Inference)?,
-    );
+    let graph = std::sync::Arc::new(crate::model::window_graph(&eval.tables, &eval.findings));
     let scores = batcher.score(graph.clone()).await?;
     Ok(crate::model::fuse(
         window,

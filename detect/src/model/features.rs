@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Int32Type, Int64Type};
 use korvid_schemas::window_tables::{NODE_FLAGS, NODE_NUMBERS, subject_node_id};
-use korvid_schemas::{Finding, GraphWindow, Severity, Tactic};
+use korvid_schemas::{Finding, Severity, Tactic};
 
-use crate::engine::read_ipc;
+use crate::engine::WindowTables;
 
 /// Version of the feature layout below.
 pub const FEATURE_VERSION: u32 = 1;
@@ -218,20 +218,10 @@ pub fn subject_id(f: &Finding) -> String {
     )
 }
 
-/// Builds a window's graph and features; `findings` are the rule findings of this window.
-pub fn window_graph(window: &GraphWindow, findings: &[Finding]) -> Result<WindowGraph, String> {
-    let nodes = read_ipc(&window.nodes)?;
-    let edges = if window.edges.is_empty() {
-        Vec::new()
-    } else {
-        read_ipc(&window.edges)?
-    };
-    let activity = if window.activity.is_empty() {
-        Vec::new()
-    } else {
-        read_ipc(&window.activity)?
-    };
-    Ok(build(&nodes, &edges, &activity, findings))
+/// Builds a window's graph and features from the tables the rules ran on
+/// ([`crate::engine::Evaluation::tables`]) and the rule findings of this window.
+pub fn window_graph(tables: &WindowTables, findings: &[Finding]) -> WindowGraph {
+    build(&tables.nodes, &tables.edges, &tables.activity, findings)
 }
 
 fn log1p(x: f64) -> f32 {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use ort::session::Session;
 use ort::value::Tensor;
+use sha2::Digest as _;
 
 use super::features::{FEATURE_VERSION, WindowGraph, feature_count, feature_names};
 
@@ -243,8 +244,6 @@ impl Model {
         Ok(out)
     }
 }
-
-use sha2::Digest as _;
 
 /// How graphs are grouped into one inference.
 #[derive(Debug, Clone)]
