@@ -41,6 +41,8 @@ test: setup lint ## The whole suite: lint, unit, integration and end-to-end test
 bench: setup ## Stage benchmarks against same-run baselines (release build); writes BENCHMARKS.md
 	KORVID_BENCH_OUT=$(CURDIR)/BENCHMARKS.md KORVID_BENCH_DATE=$$(date -u +%FT%TZ) \
 	  $(CARGO) bench --bench stages
+	$(CARGO) bench -p korvid-notify --bench route | tee /dev/stderr | \
+	  sed -n 's/^BENCH //p' >> BENCHMARKS.md
 
 CHECKOV_VENV ?= $(HOME)/.cache/korvid/checkov-venv
 # The binary users run (`dist`: whole-program optimised; its first build takes ~20 minutes on

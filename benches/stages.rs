@@ -12,8 +12,8 @@
 //! | enrich.pipeline | Avro decode + event-time windows + DataFusion tables + IPC, one thread | Avro decode alone |
 //! | enrich.inventory | 10,000-pod cluster applied + graph built (memory printed as a note) | serde_json parse of the same objects |
 //! | detect.rules | the whole catalog over one busy namespace window with its inventory, one core (activity rows/s) | IPC decode + one hand-written filter |
-//! | notify.dedup | decide + next state + commit | HashMap insert |
 //! | kafka.produce | RecordProducer (Avro, acks=all, idempotent) | raw rdkafka FutureProducer, same bytes |
+//! | notify.route | (notify/benches/route.rs, appended by `make bench`) | |
 //! | ingest.webhook | POSTed EventLists -> parsed, sanitised, produced, acknowledged | raw rdkafka FutureProducer sending the same events pre-encoded |
 
 use std::collections::HashMap;
@@ -843,60 +843,6 @@ fn main() {
     );
     println!("{note}");
     notes.push(note);
-
-    // notify.dedup
-    let findings: Vec<Finding> = (0..EVENTS)
-        .map(|i| Finding {
-            cluster: "c".into(),
-            event_time: i as i64,
-            id: format!("f{i}"),
-            fingerprint: format!("fp{}", i % 500),
-            window_id: "w".into(),
-            detected_at: 0,
-            detector: Detector::Rule,
-            rule_id: Some("KOR-0001".into()),
-            model_version: None,
-            score: 1.0,
-            title: "t".into(),
-            tactic: Tactic::Execution,
-            techniques: vec![],
-            severity: Severity::High,
-            subject: Subject {
-                kind: "Pod".into(),
-                namespace: None,
-                name: format!("p{}", i % 500),
-                uid: None,
-            },
-            evidence: vec![],
-            implication: String::new(),
-            remediation: String::new(),
-            prevention: String::new(),
-            references: vec![],
-        })
-        .collect();
-    let korvid = time(5, 3, || {
-        let mut store = korvid_notify::dedup::DedupStore::default();
-        for f in &findings {
-            let d = store.decide(f, f.event_time, 3_600_000);
-            let s = store.next_state(f, &d, f.event_time);
-            store.commit(s);
-        }
-        black_box(store.len());
-    });
-    let baseline = time(5, 3, || {
-        let mut m: HashMap<&str, i64> = HashMap::new();
-        for f in &findings {
-            *m.entry(f.fingerprint.as_str()).or_default() += 1;
-        }
-        black_box(m.len());
-    });
-    rows.push(Row {
-        stage: "notify.dedup",
-        unit: "findings",
-        items: EVENTS,
-        korvid,
-        baseline,
-    });
 
     // kafka.produce against a real broker, when one is installed.
     match korvid_common::broker::find_binary(&Default::default()) {

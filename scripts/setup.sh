@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what korvid needs beyond the Rust toolchain, once, into a cache outside the checkout:
 #   - the Kafka-protocol broker tansu 0.6.0 (from crates.io) for `korvid up` and the tests;
-#   - the ONNX Runtime shared library 1.31.1 (from PyPI) for the model stage.
+#   - the ONNX Runtime shared library 1.31.1 (from PyPI) for the model stage;
+#   - Debian packages the integration tests drive as real peers: rsyslog with its GnuTLS driver
+#     (notify's syslog sink) and postgresql-client (psql against `korvid sql --serve`). The tests
+#     start their own rsyslogd on loopback ports; the system's syslog service is not used.
 # Safe to run again: anything already installed is kept. Says what it installs.
 set -euo pipefail
 
@@ -17,13 +20,19 @@ command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+[ -x /usr/sbin/rsyslogd ] || need_apt+=(rsyslog)
+compgen -G '/usr/lib/*/rsyslog/lmnsd_gtls.so' >/dev/null || need_apt+=(rsyslog-gnutls)
+[ -x /usr/bin/psql ] || need_apt+=(postgresql-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  as_root=()
+  [ "$(id -u)" = 0 ] || as_root=(sudo)
+  if command -v apt-get >/dev/null 2>&1 && { [ ${#as_root[@]} = 0 ] || command -v sudo >/dev/null 2>&1; }; then
     say "installing Debian packages: ${need_apt[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+    "${as_root[@]}" apt-get update -qq
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
   else
-    say "missing tools: ${need_apt[*]} (install them with your package manager)" >&2
+    say "missing packages: ${need_apt[*]} (install them with your package manager)" >&2
     exit 1
   fi
 fi

@@ -7,6 +7,7 @@ mod rules_cmd;
 mod scan;
 mod settings;
 mod simulate_cmd;
+mod sql_cmd;
 mod up;
 
 use std::path::PathBuf;
@@ -25,7 +26,7 @@ use crate::settings::KorvidSettings;
     name = "korvid",
     version,
     about,
-    after_help = "Examples:\n  korvid up                                         all services on the embedded broker\n  KORVID__KAFKA__BOOTSTRAP_SERVERS=kafka:9092 korvid detect\n  korvid --config deploy/korvid.example.toml up\n\nEvery setting is documented in deploy/korvid.example.toml."
+    after_help = "Examples:\n  korvid up                                         all services on the embedded broker\n  korvid sql \"SELECT tactic, count(*) FROM findings GROUP BY 1\"\n  KORVID__KAFKA__BOOTSTRAP_SERVERS=kafka:9092 korvid detect\n  korvid --config deploy/korvid.example.toml up\n\nEvery setting is documented in deploy/korvid.example.toml."
 )]
 struct Cli {
     /// Configuration file (TOML or YAML). Default: ./korvid.toml when it exists. Every setting
@@ -39,7 +40,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run all four services in one process. Without kafka.bootstrap_servers, start the
+    /// Run all services in one process. Without kafka.bootstrap_servers, start the
     /// embedded local broker (tansu) with its data under data_dir, and stop it on exit.
     Up,
     /// `korvid up` plus a simulated cluster and attack campaigns replayed into it (objects
@@ -53,6 +54,11 @@ enum Command {
     Detect,
     /// Deduplicate findings into alerts and deliver them (stdout, webhooks, Kafka).
     Notify,
+    /// Write findings and alerts to the lake: Parquet partitioned by date and cluster.
+    Lake,
+    /// SQL over the lake (`findings`, `alerts`) and the current `inventory`, or `--serve` it
+    /// over the PostgreSQL wire protocol for psql, Grafana and BI tools. See docs/sql.md.
+    Sql(sql_cmd::SqlArgs),
     /// Write a snapshot of cluster objects to Kafka: `kubectl get -A -o json` output, Lists, or
     /// files and directories of YAML/JSON manifests (multi-document, Helm output included).
     /// Exits 1 when some documents were refused (they go to the dead-letter topic).
@@ -155,6 +161,8 @@ fn main() -> ExitCode {
         Command::Enrich => "enrich",
         Command::Detect => "detect",
         Command::Notify => "notify",
+        Command::Lake => "lake",
+        Command::Sql(_) => "sql",
     };
     // Outside the runtime: the trace exporter's blocking HTTP client must be built and dropped
     // in synchronous context.
@@ -217,6 +225,12 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             };
+        }
+        Command::Sql(args) => {
+            let code = runtime.block_on(sql_cmd::run(args, &settings));
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            drop(guard);
+            return ExitCode::from(code);
         }
         Command::Import { paths } => runtime.block_on(up::import(&paths, settings)),
         Command::Model { action } => runtime.block_on(model_cmd::run(action, &settings)),

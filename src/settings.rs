@@ -29,6 +29,10 @@ pub struct KorvidSettings {
     pub detect: korvid_detect::DetectSettings,
     /// `korvid notify`.
     pub notify: korvid_notify::NotifySettings,
+    /// `korvid lake`: findings and alerts as Parquet.
+    pub lake: korvid_lake::LakeSettings,
+    /// `korvid sql`: queries over the lake and its PostgreSQL-protocol server.
+    pub sql: korvid_lake::SqlSettings,
 }
 
 impl Default for KorvidSettings {
@@ -42,6 +46,8 @@ impl Default for KorvidSettings {
             enrich: Default::default(),
             detect: Default::default(),
             notify: Default::default(),
+            lake: Default::default(),
+            sql: Default::default(),
         }
     }
 }
@@ -58,6 +64,8 @@ impl Validate for KorvidSettings {
         self.enrich.validate()?;
         self.detect.validate()?;
         self.notify.validate()?;
+        self.lake.validate()?;
+        self.sql.validate()?;
         Ok(())
     }
 }

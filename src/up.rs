@@ -1,4 +1,4 @@
-//! Starts one service, or all four (`up`), with shared Kafka, telemetry and shutdown.
+//! Starts one service, or all of them (`up`), with shared Kafka, telemetry and shutdown.
 
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ type ServiceFuture =
 /// How long services get to drain after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(6);
 
-/// Runs `service` (`up`, `ingest`, `enrich`, `detect`, `notify`) until shutdown.
+/// Runs `service` (`up`, `ingest`, `enrich`, `detect`, `notify`, `lake`) until shutdown.
 pub async fn run(service: &str, settings: KorvidSettings) -> anyhow::Result<()> {
     if service != "up" && settings.kafka.bootstrap_servers.is_none() {
         bail!(
@@ -28,8 +28,9 @@ pub async fn run(service: &str, settings: KorvidSettings) -> anyhow::Result<()> 
     shutdown.listen_for_signals();
     let telemetry = Telemetry::new();
     // Everything this process will run is declared up front, so /readyz cannot say yes early.
-    for name in ["kafka", "ingest", "enrich", "detect", "notify"] {
-        if name == "kafka" || service == "up" || service == name {
+    for name in ["kafka", "ingest", "enrich", "detect", "notify", "lake"] {
+        let in_up = service == "up" && (name != "lake" || settings.lake.enabled);
+        if name == "kafka" || in_up || service == name {
             telemetry.declare(name);
         }
     }
@@ -114,6 +115,12 @@ pub async fn run(service: &str, settings: KorvidSettings) -> anyhow::Result<()> 
         launch(
             "notify",
             Box::pin(err_str(korvid_notify::run(s.notify.clone(), ctx.clone()))),
+        );
+    }
+    if (service == "up" && s.lake.enabled) || service == "lake" {
+        launch(
+            "lake",
+            Box::pin(err_str(korvid_lake::run(s.lake.clone(), ctx.clone()))),
         );
     }
     tracing::info!(service, "korvid running; SIGTERM or Ctrl-C to stop");

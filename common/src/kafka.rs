@@ -477,13 +477,18 @@ impl KafkaContext {
             .set("fetch.wait.max.ms", "100")
             .set("enable.partition.eof", "false");
         let (tx, rx) = std::sync::mpsc::channel();
+        let (assigned_tx, assigned_rx) = std::sync::mpsc::channel();
         let consumer: StreamConsumer<RebalanceContext> = cfg
-            .create_with_context(RebalanceContext { revoked: tx })
+            .create_with_context(RebalanceContext {
+                revoked: tx,
+                assigned: assigned_tx,
+            })
             .map_err(kafka("create consumer"))?;
         consumer.subscribe(topics).map_err(kafka("subscribe"))?;
         Ok(AtLeastOnceConsumer {
             consumer,
             revoked: Mutex::new(rx),
+            assigned: Mutex::new(assigned_rx),
         })
     }
 
@@ -919,6 +924,7 @@ impl DeadLetters {
 /// service which partitions it lost, so it can drop state it will never complete.
 pub struct RebalanceContext {
     revoked: std::sync::mpsc::Sender<Vec<(String, i32)>>,
+    assigned: std::sync::mpsc::Sender<Vec<(String, i32)>>,
 }
 
 impl ClientContext for RebalanceContext {}
@@ -944,6 +950,12 @@ impl ConsumerContext for RebalanceContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             tracing::info!(partitions = tpl.count(), "partitions assigned");
+            let parts = tpl
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect::<Vec<_>>();
+            let _ = self.assigned.send(parts);
         }
     }
 
@@ -989,6 +1001,7 @@ impl Consumed {
 pub struct AtLeastOnceConsumer {
     consumer: StreamConsumer<RebalanceContext>,
     revoked: Mutex<std::sync::mpsc::Receiver<Vec<(String, i32)>>>,
+    assigned: Mutex<std::sync::mpsc::Receiver<Vec<(String, i32)>>>,
 }
 
 impl AtLeastOnceConsumer {
@@ -1055,6 +1068,13 @@ impl AtLeastOnceConsumer {
     pub fn take_revoked(&self) -> Vec<(String, i32)> {
         let rx = lock(&self.revoked);
         rx.try_iter().flatten().collect()
+    }
+
+    /// Partitions assigned since the last call (each assignment in full, as the broker gave
+    /// it; a service keeping per-partition state adopts what it did not own before).
+    pub fn take_assigned(&self) -> Vec<Vec<(String, i32)>> {
+        let rx = lock(&self.assigned);
+        rx.try_iter().collect()
     }
 
     /// Commits stored offsets synchronously (call on shutdown, after draining).

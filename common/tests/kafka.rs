@@ -52,6 +52,9 @@ fn state(i: i64) -> DedupState {
         last_notified: i,
         occurrences: i,
         recent_finding_ids: vec![],
+        partition: None,
+        notified_status: None,
+        latest_finding: None,
     }
 }
 

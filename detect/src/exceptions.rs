@@ -20,6 +20,7 @@
 //! finding lacks does not match. An expired exception stops applying and is reported, so an
 //! accepted risk comes back to its owner instead of being forgotten.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -54,26 +55,70 @@ struct ExceptionsFile {
     exceptions: Vec<ExceptionEntry>,
 }
 
-#[derive(Deserialize)]
+/// One exception as written in a file (also embedded in notify's policy file).
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ExceptionEntry {
-    name: String,
+pub struct ExceptionEntry {
+    /// Short name.
+    pub name: String,
+    /// Rule ids or tactics; empty = all.
     #[serde(default)]
-    rules: Vec<String>,
+    pub rules: Vec<String>,
+    /// Field → patterns.
     #[serde(default, rename = "match")]
-    matches: BTreeMap<String, Vec<PatternEntry>>,
-    owner: String,
-    reason: String,
+    pub matches: BTreeMap<String, Vec<PatternEntry>>,
+    /// Who accepted the risk.
+    pub owner: String,
+    /// Why.
+    pub reason: String,
+    /// A date or RFC 3339 time.
     #[serde(default)]
-    expires: Option<String>,
+    pub expires: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// A pattern as written: text (a glob), a number, or a `{min, max}` range.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-enum PatternEntry {
+pub enum PatternEntry {
+    /// A glob.
     Text(String),
+    /// An exact number.
     Number(i64),
-    Range { min: Option<i64>, max: Option<i64> },
+    /// An inclusive range.
+    Range {
+        /// Lowest.
+        min: Option<i64>,
+        /// Highest.
+        max: Option<i64>,
+    },
+}
+
+impl From<PatternEntry> for Pattern {
+    fn from(p: PatternEntry) -> Self {
+        match p {
+            PatternEntry::Text(s) => Pattern::Glob(s),
+            PatternEntry::Number(n) => Pattern::Glob(n.to_string()),
+            PatternEntry::Range { min, max } => Pattern::Range { min, max },
+        }
+    }
+}
+
+/// Compiles written patterns by field.
+pub fn compile_matches(
+    written: BTreeMap<String, Vec<PatternEntry>>,
+) -> BTreeMap<String, Vec<Pattern>> {
+    written
+        .into_iter()
+        .map(|(k, ps)| (k, ps.into_iter().map(Pattern::from).collect()))
+        .collect()
+}
+
+/// Whether every field of `matches` has a value in `finding` that one of its patterns matches
+/// (an empty map matches everything).
+pub fn matches_all(matches: &BTreeMap<String, Vec<Pattern>>, finding: &Finding) -> bool {
+    matches.iter().all(|(key, patterns)| {
+        finding_field(finding, key).is_some_and(|v| patterns.iter().any(|p| p.matches(&v)))
+    })
 }
 
 /// A value pattern: a glob over text, or an inclusive numeric range.
@@ -91,7 +136,8 @@ pub enum Pattern {
 }
 
 impl Pattern {
-    fn matches(&self, value: &str) -> bool {
+    /// Whether `value` matches.
+    pub fn matches(&self, value: &str) -> bool {
         match self {
             Pattern::Glob(g) => glob_match(g, value),
             Pattern::Range { min, max } => value
@@ -146,10 +192,7 @@ impl Exception {
             || self.rules.iter().any(|r| {
                 finding.rule_id.as_deref() == Some(r.as_str()) || finding.tactic.as_str() == r
             });
-        rule_ok
-            && self.matches.iter().all(|(key, patterns)| {
-                field(finding, key).is_some_and(|v| patterns.iter().any(|p| p.matches(v)))
-            })
+        rule_ok && matches_all(&self.matches, finding)
     }
 
     /// Whether it has expired at `now_ms`.
@@ -158,17 +201,32 @@ impl Exception {
     }
 }
 
-fn field<'a>(finding: &'a Finding, key: &str) -> Option<&'a str> {
-    match key {
-        "cluster" => Some(&finding.cluster),
-        "kind" => Some(&finding.subject.kind),
-        "namespace" => finding.subject.namespace.as_deref(),
-        "name" => Some(&finding.subject.name),
-        _ => finding
+/// The value of a match key in a finding: the subject's fields (`cluster`, `kind`,
+/// `namespace`, `name`, `subject` as `Kind/ns/name`), `rule`, `tactic`, `severity`, `user`
+/// (the `actor` or `user` evidence), or any evidence column (`image`, `host_path`, ...).
+pub fn finding_field<'a>(finding: &'a Finding, key: &str) -> Option<Cow<'a, str>> {
+    let evidence = |name: &str| {
+        finding
             .evidence
             .iter()
-            .find(|e| e.name == key)
-            .map(|e| e.value.as_str()),
+            .find(|e| e.name == name)
+            .map(|e| Cow::Borrowed(e.value.as_str()))
+    };
+    match key {
+        "cluster" => Some(Cow::Borrowed(&finding.cluster)),
+        "kind" => Some(Cow::Borrowed(&finding.subject.kind)),
+        "namespace" => finding.subject.namespace.as_deref().map(Cow::Borrowed),
+        "name" => Some(Cow::Borrowed(&finding.subject.name)),
+        "subject" => Some(Cow::Owned(finding.subject.to_string())),
+        "rule" => finding
+            .rule_id
+            .as_deref()
+            .or(finding.model_version.as_deref())
+            .map(Cow::Borrowed),
+        "tactic" => Some(Cow::Borrowed(finding.tactic.as_str())),
+        "severity" => Some(Cow::Borrowed(finding.severity.as_str())),
+        "user" => evidence("actor").or_else(|| evidence("user")),
+        _ => evidence(key),
     }
 }
 
@@ -197,8 +255,13 @@ impl Exceptions {
             Some(l) => format!("line {}: {e}", l.line()),
             None => e.to_string(),
         })?;
-        let mut list = Vec::with_capacity(file.exceptions.len());
-        for (i, e) in file.exceptions.into_iter().enumerate() {
+        Self::from_entries(file.exceptions)
+    }
+
+    /// Checks and compiles written exceptions; the error names the entry.
+    pub fn from_entries(entries: Vec<ExceptionEntry>) -> Result<Self, String> {
+        let mut list = Vec::with_capacity(entries.len());
+        for (i, e) in entries.into_iter().enumerate() {
             let at = format!("exceptions[{i}] ({})", e.name);
             if e.owner.trim().is_empty() || e.reason.trim().is_empty() {
                 return Err(format!("{at}: an exception needs an owner and a reason"));
@@ -217,21 +280,7 @@ impl Exceptions {
                     })
                 })
                 .transpose()?;
-            let matches = e
-                .matches
-                .into_iter()
-                .map(|(k, ps)| {
-                    let ps = ps
-                        .into_iter()
-                        .map(|p| match p {
-                            PatternEntry::Text(s) => Pattern::Glob(s),
-                            PatternEntry::Number(n) => Pattern::Glob(n.to_string()),
-                            PatternEntry::Range { min, max } => Pattern::Range { min, max },
-                        })
-                        .collect();
-                    (k, ps)
-                })
-                .collect();
+            let matches = compile_matches(e.matches);
             list.push(Exception {
                 name: e.name,
                 rules: e.rules,
@@ -284,7 +333,8 @@ impl Exceptions {
     }
 }
 
-fn parse_expiry(t: &str) -> Option<i64> {
+/// A date (the whole day, UTC) or an RFC 3339 time, as Unix milliseconds.
+pub fn parse_expiry(t: &str) -> Option<i64> {
     if let Ok(at) = chrono::DateTime::parse_from_rfc3339(t) {
         return Some(at.timestamp_millis());
     }

@@ -13,7 +13,7 @@ mod service;
 mod settings;
 
 pub use engine::RuleEngine;
-pub use exceptions::{Exception, Exceptions, ExceptionsError};
+pub use exceptions::{Exception, ExceptionEntry, Exceptions, ExceptionsError, PatternEntry};
 pub use rules::{AuditExample, Example, Examples, Rule, RuleCatalog, RuleLoadError};
 pub use service::run;
 pub use settings::{DetectSettings, ModelMode, ModelSettings};

@@ -1,14 +1,21 @@
-//! `korvid notify`: turns findings into alerts people can trust. Findings are deduplicated by
-//! fingerprint (state kept on a compacted topic, so restarts never re-notify), and each new
-//! alert fans out to its sinks (stdout, signed webhooks, the alerts topic) with retries and a
-//! dead-letter path.
+//! `korvid notify`: turns findings into alerts people can trust.
+//!
+//! Findings fold into alerts by fingerprint; alerts gather into groups that are notified with
+//! Alertmanager's timing ([`engine`]), muted by silences and inhibition, excepted and routed by
+//! the user's policy file ([`policy`]), and delivered by sinks that each have their own queue,
+//! retries, rate limit, circuit breaker and dead letter ([`sinks`]). Alert state lives on the
+//! compacted state topic, so a restart, a rebalance or a second instance never re-notifies.
 //!
 //! Entry point: [`run`].
 
-pub mod dedup;
+pub mod engine;
+mod order;
+pub mod policy;
 mod service;
 mod settings;
 pub mod sinks;
 
-pub use service::run;
-pub use settings::{NotifySettings, WebhookSinkSettings};
+pub use service::{NotifyError, run};
+pub use settings::{
+    Clock, KafkaSinkSettings, NotifySettings, SinkSettings, UrlSinkSettings, WebhookSinkSettings,
+};

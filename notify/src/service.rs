@@ -1,27 +1,36 @@
-//! The notify loop: restore dedup state, then for each finding decide, deliver, persist the new
-//! state, and only then store the finding's offset.
+//! The notify loop: restore alert state for the partitions this instance owns, fold each
+//! finding into its alert, run the grouping timers, route each notification to its sinks, and
+//! only then store the finding's offset.
 
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use korvid_common::ServiceContext;
-use korvid_common::kafka::{DeadLetterSource, DeadLetters, KafkaClientError};
+use korvid_common::kafka::{
+    DeadLetterSource, DeadLetters, KafkaClientError, PendingDelivery, RecordProducer,
+};
 use korvid_schemas::codec::Decoder;
-use korvid_schemas::{Alert, AlertStatus, DedupState, Finding};
+use korvid_schemas::{Alert, DedupState, Finding};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use tokio::sync::mpsc;
 
-use crate::dedup::{Decision, DedupStore};
-use crate::settings::NotifySettings;
-use crate::sinks::{AlertSink, KafkaAlertSink, SinkError, StdoutSink, WebhookSink};
+use crate::engine::{Change, Engine, Flush, Observed, StateWrite};
+use crate::order::EventTimeMerge;
+use crate::policy::{Policy, PolicyError};
+use crate::settings::{Clock, NotifySettings};
+use crate::sinks::worker::{SinkHandle, SinkMetrics, Undelivered};
+use crate::sinks::{Delivery, Shape, SinkError};
 
 const COMPONENT: &str = "notify";
 const STAGE: &str = "notify";
+/// How long shutdown waits for sinks to drain before dead-lettering what is left.
+const DRAIN: Duration = Duration::from_secs(3);
 
 /// Why notify stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
-    /// State, an alert or a dead letter was not acknowledged; the finding stays uncommitted.
+    /// State or a dead letter was not acknowledged; the finding stays uncommitted.
     #[error("stopped without committing: {0}")]
     Unacknowledged(String),
     /// Kafka clients could not be created or the state could not be read.
@@ -30,35 +39,131 @@ pub enum NotifyError {
     /// A sink could not be built.
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// The policy file is invalid.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
 }
 
-/// Builds the alert for a finding under its dedup state.
-pub fn alert_for(f: &Finding, state: &DedupState, now: i64) -> Alert {
-    Alert {
-        cluster: f.cluster.clone(),
-        event_time: now,
-        id: state.alert_id.clone(),
-        fingerprint: f.fingerprint.clone(),
-        status: AlertStatus::Firing,
-        title: f.title.clone(),
-        tactic: f.tactic,
-        techniques: f.techniques.clone(),
-        severity: f.severity,
-        subject: f.subject.clone(),
-        detector: f.detector,
-        rule_id: f.rule_id.clone(),
-        model_version: f.model_version.clone(),
-        score: f.score,
-        finding_ids: vec![f.id.clone()],
-        occurrences: state.occurrences,
-        first_seen: state.first_seen,
-        last_seen: state.last_seen,
-        evidence: f.evidence.clone(),
-        implication: f.implication.clone(),
-        remediation: f.remediation.clone(),
-        prevention: f.prevention.clone(),
-        references: f.references.clone(),
+/// The grouping clock.
+struct TimerClock {
+    kind: Clock,
+    idle_ms: i64,
+    watermark: i64,
+    moved: std::time::Instant,
+}
+
+impl TimerClock {
+    fn new(kind: Clock, idle_ms: i64, resume_at: Option<i64>) -> Self {
+        TimerClock {
+            kind,
+            idle_ms,
+            watermark: resume_at.unwrap_or(0),
+            moved: std::time::Instant::now(),
+        }
     }
+
+    fn saw(&mut self, event_time: i64) {
+        if event_time > self.watermark {
+            self.watermark = event_time;
+            self.moved = std::time::Instant::now();
+        }
+    }
+
+    fn now(&self) -> i64 {
+        match self.kind {
+            Clock::Wall => korvid_common::now_millis(),
+            Clock::Findings => {
+                let idle = self.moved.elapsed().as_millis() as i64 - self.idle_ms;
+                self.watermark + idle.max(0)
+            }
+        }
+    }
+}
+
+struct Metrics {
+    decisions: Family<Vec<(String, String)>, Counter>,
+    notifications: Family<Vec<(String, String)>, Counter>,
+}
+
+impl Metrics {
+    fn decision(&self, d: &str) {
+        self.decisions
+            .get_or_create(&vec![("decision".into(), d.into())])
+            .inc();
+    }
+}
+
+/// The routed, grouped side of notify: where flushes go.
+struct Dispatcher {
+    policy: Policy,
+    sinks: HashMap<String, SinkHandle>,
+}
+
+impl Dispatcher {
+    fn dispatch(&self, flush: &Flush, metrics: &Metrics) {
+        let mut per_sink: HashMap<&str, Vec<(Alert, Change)>> = HashMap::new();
+        for (alert, change) in &flush.alerts {
+            for sink in self.policy.sinks_for_alert(alert) {
+                if let Some((name, _)) = self.sinks.get_key_value(&sink) {
+                    per_sink
+                        .entry(name.as_str())
+                        .or_default()
+                        .push((alert.clone(), *change));
+                }
+            }
+        }
+        for (name, alerts) in per_sink {
+            let handle = &self.sinks[name];
+            let send: Vec<Alert> = match handle.shape() {
+                // People see the whole group whenever something in it changed.
+                Shape::Grouped if alerts.iter().any(|(_, c)| *c != Change::Unchanged) => {
+                    alerts.into_iter().map(|(a, _)| a).collect()
+                }
+                Shape::Grouped => continue,
+                // Machines get what changed (and reminders on repeat).
+                Shape::PerAlert => alerts
+                    .into_iter()
+                    .filter(|(_, c)| *c != Change::Unchanged)
+                    .map(|(a, _)| a)
+                    .collect(),
+            };
+            if send.is_empty() {
+                continue;
+            }
+            metrics
+                .notifications
+                .get_or_create(&vec![("sink".into(), name.to_string())])
+                .inc();
+            handle.offer(Delivery {
+                group: flush.group.clone(),
+                alerts: send,
+            });
+        }
+    }
+}
+
+/// Reads the state topic to its end: the latest state per fingerprint.
+async fn read_states(
+    ctx: &ServiceContext,
+    topic: &str,
+) -> Result<HashMap<String, DedupState>, KafkaClientError> {
+    let decoder = Decoder::<DedupState>::new();
+    let mut latest = HashMap::new();
+    for (key, value) in ctx.kafka.read_to_end(topic).await? {
+        let key = key.map(|k| String::from_utf8_lossy(&k).into_owned());
+        match value.map(|v| decoder.decode(&v)) {
+            Some(Ok(s)) => {
+                latest.insert(s.fingerprint.clone(), s);
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "unreadable alert state record skipped"),
+            None => {
+                if let Some(k) = key {
+                    latest.remove(&k);
+                }
+            }
+        }
+    }
+    Ok(latest)
 }
 
 /// Runs notify until shutdown.
@@ -67,85 +172,225 @@ pub async fn run(settings: NotifySettings, ctx: ServiceContext) -> Result<(), No
     let topics = ctx.kafka.topics.clone();
     let producer = ctx.kafka.producer()?;
     let dead_letters = ctx.kafka.dead_letters(producer.clone());
+    let t = &ctx.telemetry;
 
-    let mut sinks: Vec<Arc<dyn AlertSink>> = Vec::new();
-    if settings.stdout {
-        sinks.push(Arc::new(StdoutSink));
+    let now = korvid_common::now_millis();
+    let policy = match &settings.policy {
+        Some(path) => Policy::load(path, &settings.sink_names(), settings.min_severity(), now)?,
+        None => Policy::default_for(&settings.sink_names(), settings.min_severity()),
+    };
+    for e in policy.exceptions.expired(now) {
+        tracing::warn!(exception = %e.name, owner = %e.owner, reason = %e.reason, "exception expired; it no longer applies");
     }
-    for w in &settings.webhooks {
-        sinks.push(Arc::new(WebhookSink::new(w.clone())?));
-    }
-    if settings.alerts_topic {
-        sinks.push(Arc::new(KafkaAlertSink::new(
-            producer.clone(),
-            topics.alerts.clone(),
-        )));
+    for s in policy.expired_silences(now) {
+        tracing::warn!(silence = %s.name, owner = %s.owner, "silence expired; it no longer applies");
     }
 
-    // Restore what earlier runs (or other instances) already notified.
-    let state_decoder = Decoder::<DedupState>::new();
-    let mut restored = Vec::new();
-    for (_, value) in ctx.kafka.read_to_end(&topics.notify_state).await? {
-        match value.map(|v| state_decoder.decode(&v)) {
-            Some(Ok(s)) => restored.push(s),
-            Some(Err(e)) => tracing::warn!(error = %e, "unreadable dedup state record skipped"),
-            None => {}
-        }
+    let sink_metrics = SinkMetrics::default();
+    t.register(
+        "notify_sink_requests",
+        "Requests to sinks, by sink and result (ok, retry, refused, partial)",
+        sink_metrics.requests.clone(),
+    );
+    t.register(
+        "notify_sink_alerts",
+        "Alerts by sink and outcome (delivered, dead_letter)",
+        sink_metrics.alerts.clone(),
+    );
+    t.register(
+        "notify_sink_queued",
+        "Deliveries waiting in each sink's queue",
+        sink_metrics.queued.clone(),
+    );
+    t.register(
+        "notify_sink_breaker_open",
+        "1 while a sink's circuit breaker is open",
+        sink_metrics.breaker_open.clone(),
+    );
+    let metrics = Metrics {
+        decisions: t.register(
+            "notify_findings",
+            "Findings handled, by decision (notify = new alert, suppress = folded into an open alert, replay, excepted, below_min_severity)",
+            Family::default(),
+        ),
+        notifications: t.register(
+            "notify_notifications",
+            "Notifications handed to sinks, by sink",
+            Family::default(),
+        ),
+    };
+
+    let (undelivered_tx, undelivered_rx) = mpsc::unbounded_channel();
+    let (hurry_tx, hurry_rx) = tokio::sync::watch::channel(false);
+    let built = crate::sinks::build::all(&settings, &producer, &topics.alerts)?;
+    let mut handles = HashMap::new();
+    let mut workers = Vec::new();
+    for (sink, delivery) in built {
+        let (handle, join) = crate::sinks::worker::spawn(
+            sink,
+            delivery,
+            sink_metrics.clone(),
+            undelivered_tx.clone(),
+            hurry_rx.clone(),
+        );
+        handles.insert(handle.name().to_string(), handle);
+        workers.push(join);
     }
-    let mut store = DedupStore::restore(restored);
-    tracing::info!(fingerprints = store.len(), "dedup state restored");
+    drop(undelivered_tx);
+    let dead_letter_task = tokio::spawn(dead_letter_undelivered(
+        undelivered_rx,
+        dead_letters.clone(),
+    ));
+    let dispatcher = Dispatcher {
+        policy,
+        sinks: handles,
+    };
+
+    // What earlier runs (or other instances) already notified; adopted per partition once the
+    // group assigns this instance its partitions.
+    let restored = read_states(&ctx, &topics.notify_state).await?;
+    tracing::info!(fingerprints = restored.len(), "dedup state restored");
+    let mut engine = Engine::new(settings.grouping());
+    let mut clock = TimerClock::new(
+        settings.clock,
+        settings.idle_ms,
+        restored
+            .values()
+            .map(|s| s.last_seen.max(s.last_notified))
+            .max(),
+    );
+    let mut pending_restore = Some(restored);
 
     let consumer = ctx
         .kafka
         .consumer(&ctx.kafka.group_id("notify"), &[&topics.findings])?;
     let mut decoder = ctx.kafka.decoder::<Finding>();
-    let t = &ctx.telemetry;
-    let decisions: Family<Vec<(String, String)>, Counter> = t.register(
-        "notify_findings",
-        "Findings handled, by decision (notify, suppress, replay, below_min_severity)",
-        Family::default(),
-    );
-    let deliveries: Family<Vec<(String, String)>, Counter> = t.register(
-        "notify_deliveries",
-        "Alert deliveries, by sink and result",
-        Family::default(),
-    );
     ctx.telemetry.set_ready(COMPONENT, true);
 
+    let mut tick = tokio::time::interval(Duration::from_millis(settings.tick_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let by_finding_time = settings.clock == Clock::Findings;
+    let mut merge = EventTimeMerge::new(Duration::from_millis(settings.idle_ms as u64));
     let mut failure = None;
-    while let Some(msg) = consumer.next(&ctx.shutdown).await {
-        if let Some(bytes) = &msg.payload {
-            let handled = match decoder.decode(bytes).await {
-                Ok(f) => {
-                    handle(
-                        &f,
-                        &settings,
-                        &mut store,
-                        &sinks,
-                        &producer,
-                        &topics.notify_state,
-                        &dead_letters,
-                        &decisions,
-                        &deliveries,
-                    )
-                    .await
-                }
-                Err(e) => {
-                    dead_letters
-                        .send(STAGE, e.kind(), &e.to_string(), bytes, msg.source())
-                        .await
-                }
-            };
-            if let Err(e) = handled {
-                // State or dead letter not acknowledged: keep the offset so the finding is
-                // handled again after a restart (dedup makes that harmless).
-                tracing::error!(error = %e, "finding not fully handled; stopping without committing it");
+    let mut owned: BTreeSet<i32> = BTreeSet::new();
+    let mut loop_ = Loop {
+        engine: &mut engine,
+        dispatcher: &dispatcher,
+        metrics: &metrics,
+        producer: &producer,
+        state_topic: &topics.notify_state,
+        dead_letters: &dead_letters,
+        pending: Vec::new(),
+        handled: Vec::new(),
+    };
+    loop {
+        // Ownership first: a new partition's states are adopted before its first finding.
+        match follow_assignment(
+            &ctx,
+            &consumer,
+            &topics.notify_state,
+            loop_.engine,
+            &mut owned,
+            &mut pending_restore,
+        )
+        .await
+        {
+            Ok(true) => merge.assign(&owned),
+            Ok(false) => {}
+            Err(e) => {
                 failure = Some(e.to_string());
                 break;
             }
         }
-        consumer.done(&msg);
+        let waiting = !loop_.handled.is_empty() || !loop_.pending.is_empty();
+        let msg = tokio::select! {
+            biased;
+            m = consumer.next(&ctx.shutdown) => match m {
+                Some(m) => Some(m),
+                None => break,
+            },
+            _ = tick.tick() => None,
+            // Nothing more right now: settle what was handled.
+            _ = tokio::time::sleep(Duration::from_millis(2)), if waiting => None,
+        };
+        let idle = msg.is_none();
+        let result = match msg {
+            None => Ok(()),
+            Some(msg) => {
+                let decoded = match &msg.payload {
+                    Some(bytes) => {
+                        Some(decoder.decode(bytes).await.map_err(|e| (e, bytes.clone())))
+                    }
+                    None => None,
+                };
+                if by_finding_time {
+                    // Undecodable records keep their place in line so offsets stay in order.
+                    let time = match &decoded {
+                        Some(Ok(f)) => f.event_time,
+                        _ => i64::MIN,
+                    };
+                    merge.push(msg.partition, time, (decoded, msg));
+                    Ok(())
+                } else {
+                    let r = loop_.one(decoded, &msg, clock.now()).await;
+                    loop_.handled.push(msg);
+                    r
+                }
+            }
+        };
+        // Released in time order (findings clock), then the timers.
+        let result = async {
+            result?;
+            // A bounded share per turn, so reading goes on and a partition is never judged
+            // quiet because handling the others kept us from reading it.
+            let mut released = 0;
+            while released < ACK_BATCH
+                && let Some((_, (decoded, msg))) = merge.pop_ready()
+            {
+                released += 1;
+                if let Some(Ok(f)) = &decoded {
+                    clock.saw(f.event_time);
+                }
+                loop_.one(decoded, &msg, clock.now()).await?;
+                loop_.handled.push(msg);
+            }
+            loop_.timers(clock.now()).await?;
+            if idle || loop_.full() {
+                loop_.settle(&consumer).await?;
+            }
+            Ok::<(), KafkaClientError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            // State or dead letter not acknowledged: keep the offset so the finding is
+            // handled again after a restart (replays are recognised).
+            tracing::error!(error = %e, "finding not fully handled; stopping without committing it");
+            failure = Some(e.to_string());
+            break;
+        }
     }
+    if failure.is_none()
+        && let Err(e) = loop_.settle(&consumer).await
+    {
+        failure = Some(e.to_string());
+    }
+    if !merge.is_empty() {
+        tracing::info!(
+            waiting = merge.len(),
+            "findings still waiting for other partitions are left uncommitted"
+        );
+    }
+
+    // Drain: let the sinks finish what is queued, then dead-letter the rest.
+    drop(dispatcher);
+    let all_workers = futures::future::join_all(workers);
+    tokio::pin!(all_workers);
+    if tokio::time::timeout(DRAIN, &mut all_workers).await.is_err() {
+        tracing::warn!("sinks still busy at shutdown; dead-lettering what they hold");
+        let _ = hurry_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut all_workers).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), dead_letter_task).await;
     let _ = producer.flush(Duration::from_secs(5));
     consumer.finish();
     if let Some(why) = failure {
@@ -155,71 +400,185 @@ pub async fn run(settings: NotifySettings, ctx: ServiceContext) -> Result<(), No
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-#[tracing::instrument(name = "notify.finding", skip_all, fields(fingerprint = %f.fingerprint))]
-async fn handle(
-    f: &Finding,
-    settings: &NotifySettings,
-    store: &mut DedupStore,
-    sinks: &[Arc<dyn AlertSink>],
-    producer: &korvid_common::kafka::RecordProducer,
+/// Adopts the states of newly assigned partitions and forgets revoked ones.
+async fn follow_assignment(
+    ctx: &ServiceContext,
+    consumer: &korvid_common::kafka::AtLeastOnceConsumer,
     state_topic: &str,
-    dead_letters: &DeadLetters,
-    decisions: &Family<Vec<(String, String)>, Counter>,
-    deliveries: &Family<Vec<(String, String)>, Counter>,
-) -> Result<(), KafkaClientError> {
-    if f.severity < settings.min_severity() {
-        decisions
-            .get_or_create(&vec![("decision".into(), "below_min_severity".into())])
-            .inc();
-        return Ok(());
+    engine: &mut Engine,
+    owned: &mut BTreeSet<i32>,
+    pending_restore: &mut Option<HashMap<String, DedupState>>,
+) -> Result<bool, KafkaClientError> {
+    let revoked: Vec<i32> = consumer
+        .take_revoked()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    if !revoked.is_empty() {
+        engine.drop_partitions(&revoked);
+        for p in &revoked {
+            owned.remove(p);
+        }
     }
-    let now = korvid_common::now_millis();
-    let decision = store.decide(f, now, settings.repeat_interval_ms);
-    let label = match decision {
-        Decision::Notify => "notify",
-        Decision::Suppress => "suppress",
-        Decision::Replay => "replay",
+    let Some(latest) = consumer.take_assigned().pop() else {
+        return Ok(!revoked.is_empty());
     };
-    decisions
-        .get_or_create(&vec![("decision".into(), label.into())])
-        .inc();
-    if decision == Decision::Replay {
-        return Ok(());
+    let now_owned: BTreeSet<i32> = latest.into_iter().map(|(_, p)| p).collect();
+    let gone: Vec<i32> = owned.difference(&now_owned).copied().collect();
+    engine.drop_partitions(&gone);
+    let new: BTreeSet<i32> = now_owned.difference(owned).copied().collect();
+    *owned = now_owned;
+    if new.is_empty() {
+        return Ok(true);
     }
-    let state = store.next_state(f, &decision, now);
-    if decision == Decision::Notify {
-        let alert = alert_for(f, &state, now);
-        let results = futures::future::join_all(sinks.iter().map(|s| s.deliver(&alert))).await;
-        for (sink, result) in sinks.iter().zip(results) {
-            let outcome = if result.is_ok() { "ok" } else { "failed" };
-            deliveries
-                .get_or_create(&vec![
-                    ("sink".into(), sink.name().to_string()),
-                    ("result".into(), outcome.into()),
-                ])
-                .inc();
-            if let Err(e) = result {
-                let body =
-                    serde_json::to_vec(&crate::sinks::webhook_body(&alert)).unwrap_or_default();
-                dead_letters
-                    .send(
-                        &format!("notify.sink.{}", sink.name()),
-                        "delivery_failed",
-                        &e.to_string(),
-                        &body,
-                        DeadLetterSource {
-                            cluster: Some(f.cluster.clone()),
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
+    // The first assignment uses the states read at start; later ones re-read, since another
+    // instance owned those partitions meanwhile.
+    let states = match pending_restore.take() {
+        Some(s) => s,
+        None => read_states(ctx, state_topic).await?,
+    };
+    let unreadable = engine.restore(states.into_values(), Some(&new));
+    tracing::info!(partitions = ?new, alerts = engine.len(), unreadable, "alert state adopted");
+    Ok(true)
+}
+
+/// What handling a finding needs.
+struct Loop<'a> {
+    engine: &'a mut Engine,
+    dispatcher: &'a Dispatcher,
+    metrics: &'a Metrics,
+    producer: &'a RecordProducer,
+    state_topic: &'a str,
+    dead_letters: &'a DeadLetters,
+    /// State writes on the producer's queue, not yet acknowledged.
+    pending: Vec<PendingDelivery>,
+    /// Records handled whose offsets wait for those acknowledgements.
+    handled: Vec<korvid_common::kafka::Consumed>,
+}
+
+/// Records handled before the state writes are awaited together (one round trip for many).
+const ACK_BATCH: usize = 512;
+
+type Decoded = Option<Result<Finding, (KafkaClientError, Vec<u8>)>>;
+
+impl Loop<'_> {
+    /// Handles one consumed record at `now`: a finding, or a dead letter.
+    async fn one(
+        &mut self,
+        decoded: Decoded,
+        msg: &korvid_common::kafka::Consumed,
+        now: i64,
+    ) -> Result<(), KafkaClientError> {
+        match decoded {
+            None => Ok(()),
+            Some(Ok(f)) => self.finding(&f, msg.partition, now).await,
+            Some(Err((e, bytes))) => self
+                .dead_letters
+                .send(STAGE, e.kind(), &e.to_string(), &bytes, msg.source())
+                .await
+                .map(drop),
+        }
+    }
+
+    /// Runs the timers due by `now`: notifications to the sinks, their state queued.
+    async fn timers(&mut self, now: i64) -> Result<(), KafkaClientError> {
+        let (flushes, writes) = self.engine.advance(now, &self.dispatcher.policy);
+        for flush in &flushes {
+            self.dispatcher.dispatch(flush, self.metrics);
+        }
+        for w in writes {
+            let queued = match w {
+                StateWrite::Put(s) => {
+                    self.producer
+                        .enqueue(self.state_topic, &s.fingerprint, &s)
+                        .await?
+                }
+                StateWrite::Delete(fp) => {
+                    self.producer
+                        .enqueue_tombstone(self.state_topic, &fp)
+                        .await?
+                }
+            };
+            self.pending.push(queued);
+        }
+        Ok(())
+    }
+
+    /// Whether enough is waiting to settle now.
+    fn full(&self) -> bool {
+        self.handled.len() >= ACK_BATCH || self.pending.len() >= ACK_BATCH
+    }
+
+    /// Waits for every queued state write, then stores the offsets of what was handled.
+    async fn settle(
+        &mut self,
+        consumer: &korvid_common::kafka::AtLeastOnceConsumer,
+    ) -> Result<(), KafkaClientError> {
+        for p in self.pending.drain(..) {
+            p.acknowledged().await?;
+        }
+        for msg in self.handled.drain(..) {
+            consumer.done(&msg);
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "notify.finding", skip_all, fields(fingerprint = %f.fingerprint))]
+    async fn finding(
+        &mut self,
+        f: &Finding,
+        partition: i32,
+        now: i64,
+    ) -> Result<(), KafkaClientError> {
+        // Timers due before this finding run first, at their own times.
+        self.timers(now).await?;
+        let policy = &self.dispatcher.policy;
+        if f.severity < policy.route.min_severity {
+            self.metrics.decision("below_min_severity");
+            return Ok(());
+        }
+        if let Some(e) = policy.exceptions.covering(f, korvid_common::now_millis()) {
+            tracing::debug!(exception = %e.name, "finding excepted by policy");
+            self.metrics.decision("excepted");
+            return Ok(());
+        }
+        let observed = self.engine.observe(f, partition, now);
+        self.metrics.decision(match observed {
+            Observed::Replay => "replay",
+            Observed::New(_) => "notify",
+            Observed::Folded(_) => "suppress",
+        });
+        if let Some(state) = observed.state() {
+            let queued = self
+                .producer
+                .enqueue(self.state_topic, &state.fingerprint, state)
+                .await?;
+            self.pending.push(queued);
+        }
+        self.timers(now).await
+    }
+}
+
+/// Writes what sinks gave up on to the dead-letter topic, one record per alert.
+async fn dead_letter_undelivered(mut rx: mpsc::UnboundedReceiver<Undelivered>, dl: DeadLetters) {
+    while let Some(u) = rx.recv().await {
+        for alert in &u.alerts {
+            let body = serde_json::to_vec(&crate::sinks::webhook_body(alert)).unwrap_or_default();
+            if let Err(e) = dl
+                .send(
+                    &format!("notify.sink.{}", u.sink),
+                    u.kind,
+                    &u.reason,
+                    &body,
+                    DeadLetterSource {
+                        cluster: Some(alert.cluster.clone()),
+                        ..Default::default()
+                    },
+                )
+                .await
+            {
+                tracing::error!(sink = %u.sink, alert = %alert.id, error = %e, "dead letter not written; the alert is lost");
             }
         }
     }
-    producer
-        .send(state_topic, &state.fingerprint, &state)
-        .await?;
-    store.commit(state);
-    Ok(())
 }

@@ -613,4 +613,15 @@ pub struct DedupState {
     pub occurrences: i64,
     /// Latest finding ids folded in.
     pub recent_finding_ids: Vec<String>,
+    /// The findings partition the fingerprint lives in: the notify instance owning that
+    /// partition owns this state.
+    #[serde(default)]
+    pub partition: Option<i32>,
+    /// What was last notified for this episode: `firing`, or `muted` (silenced or inhibited);
+    /// absent while it waits for its group's first notification.
+    #[serde(default)]
+    pub notified_status: Option<String>,
+    /// The latest finding folded in, as JSON, to render the alert on repeats and resolution.
+    #[serde(default)]
+    pub latest_finding: Option<String>,
 }

@@ -219,6 +219,9 @@ fn every_record_round_trips_in_both_framings() {
         last_notified: 2,
         occurrences: 3,
         recent_finding_ids: vec!["f".into()],
+        partition: Some(3),
+        notified_status: Some("firing".into()),
+        latest_finding: Some("{}".into()),
     });
 }
 

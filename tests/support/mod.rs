@@ -345,6 +345,11 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start() -> Receiver {
+        Self::start_on(0).await
+    }
+
+    /// A receiver on a chosen port (to bring a sink's receiver back where it was).
+    pub async fn start_on(port: u16) -> Receiver {
         let deliveries: Arc<Mutex<Vec<Delivery>>> = Arc::default();
         let traces: Arc<Mutex<usize>> = Arc::default();
         let counter = traces.clone();
@@ -360,7 +365,7 @@ impl Receiver {
                     ""
                 }),
             );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind receiver");
         let addr = listener.local_addr().expect("addr");
