@@ -56,7 +56,7 @@ pub struct NotifySettings {
     /// Webhook receivers, the short form of `[[notify.sinks]] kind = "webhook"`.
     pub webhooks: Vec<WebhookSinkSettings>,
     /// Every other sink (`[[notify.sinks]]`, `kind` = webhook, slack, teams, pagerduty,
-    /// splunk_hec, elasticsearch, ocsf, loki, kafka, syslog).
+    /// splunk_hec, elasticsearch, ocsf, loki, kafka, syslog, email).
     pub sinks: Vec<SinkSettings>,
 }
 
@@ -164,6 +164,8 @@ pub enum SinkSettings {
     Kafka(KafkaSinkSettings),
     /// Syslog (RFC 5424) over UDP, TCP or TLS, JSON or CEF.
     Syslog(crate::sinks::SyslogSettings),
+    /// Email through an SMTP relay (grouped).
+    Email(crate::sinks::EmailSettings),
 }
 
 impl SinkSettings {
@@ -179,6 +181,7 @@ impl SinkSettings {
             SinkSettings::Loki(s) => &s.name,
             SinkSettings::Kafka(s) => &s.name,
             SinkSettings::Syslog(s) => &s.name,
+            SinkSettings::Email(s) => &s.name,
         }
     }
 }
@@ -449,6 +452,7 @@ impl Validate for NotifySettings {
                     t.delivery.validate(&key)?;
                 }
                 SinkSettings::Syslog(s) => s.validate(&key)?,
+                SinkSettings::Email(e) => e.validate(&key)?,
             }
         }
         Ok(())

@@ -10,8 +10,8 @@ use korvid_common::kafka::RecordProducer;
 
 use super::worker::DeliverySettings;
 use super::{
-    ChatSink, ElasticsearchSink, HttpPoster, KafkaSink, LokiSink, OcsfSink, PagerDutySink,
-    SinkError, SplunkHecSink, StdoutSink, SyslogSink, WebhookSink,
+    ChatSink, ElasticsearchSink, EmailSink, HttpPoster, KafkaSink, LokiSink, OcsfSink,
+    PagerDutySink, SinkError, SplunkHecSink, StdoutSink, SyslogSink, WebhookSink,
 };
 use crate::settings::{NotifySettings, SinkSettings, WebhookSinkSettings};
 
@@ -153,6 +153,7 @@ pub fn all(
                 k.delivery.clone(),
             ),
             SinkSettings::Syslog(s) => (Arc::new(SyslogSink::new(s.clone())?), s.delivery.clone()),
+            SinkSettings::Email(e) => (Arc::new(EmailSink::new(e)?), e.delivery.clone()),
         };
         out.push(built);
     }

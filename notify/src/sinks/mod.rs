@@ -12,6 +12,7 @@
 //! what one request of theirs takes.
 
 pub mod build;
+mod email;
 mod http;
 mod machines;
 mod people;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use korvid_schemas::Alert;
 
+pub use email::{EmailSettings, EmailSink, SmtpSecurity, email_text};
 pub use http::HttpPoster;
 pub use machines::{
     ElasticsearchSink, KafkaSink, LokiSink, OcsfSink, PagerDutySink, SplunkHecSink, WebhookSink,
