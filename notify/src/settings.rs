@@ -325,7 +325,7 @@ pub struct LokiSettings {
 pub struct KafkaSinkSettings {
     /// Name used in routes, logs, metrics and dead letters.
     pub name: String,
-    /// Topic (created if missing, like korvid's own).
+    /// Topic; it must exist (or the broker must create topics on first use).
     pub topic: String,
     /// Queue, rate, retries, breaker.
     #[serde(default)]
