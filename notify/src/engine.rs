@@ -413,7 +413,6 @@ impl Engine {
 
     /// Folds a finding in at time `now`. `partition` is where it was read from.
     pub fn observe(&mut self, f: &Finding, partition: i32, now: i64) -> Observed {
-        let finding_json = serde_json::to_string(f).ok();
         if let Some(e) = self.alerts.get_mut(&f.fingerprint) {
             if e.state.recent_finding_ids.contains(&f.id) {
                 return Observed::Replay;
@@ -429,7 +428,7 @@ impl Engine {
             // Keep the loudest finding of the episode as the one shown.
             if f.severity >= e.finding.severity {
                 e.finding = f.clone();
-                s.latest_finding = finding_json;
+                s.latest_finding = serde_json::to_string(f).ok();
             }
             // A later resolution time can only move the group's look later: the scheduled
             // look finds nothing to do and reschedules, so nothing to recompute here.
@@ -447,7 +446,7 @@ impl Engine {
             recent_finding_ids: vec![f.id.clone()],
             partition: Some(partition),
             notified_status: None,
-            latest_finding: finding_json,
+            latest_finding: serde_json::to_string(f).ok(),
         };
         let group = self.group_key(f);
         let is_new_group = !self.groups.contains_key(&group);

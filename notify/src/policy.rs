@@ -413,7 +413,7 @@ fn build_route(
     text: &str,
 ) -> Result<Route, String> {
     let name = r.name.unwrap_or(default_name);
-    let at = |msg: String| match r_line(text, &name) {
+    let at = |msg: String| match locate(text, &name) {
         Some(l) => format!("line {l}: {name}: {msg}"),
         None => format!("{name}: {msg}"),
     };
@@ -446,10 +446,6 @@ fn build_route(
         continue_: r.continue_,
         routes,
     })
-}
-
-fn r_line(text: &str, name: &str) -> Option<usize> {
-    locate(text, name)
 }
 
 fn line_of_route(text: &str, r: &Route) -> String {

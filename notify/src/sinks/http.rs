@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use reqwest::{Response, StatusCode};
 
-use super::{SendError, SinkError};
+use super::{SendError, SinkError, first_chars};
 
 /// A configured HTTP client for one sink.
 #[derive(Clone)]
@@ -94,11 +94,4 @@ fn describe(e: &reqwest::Error) -> String {
         source = s.source();
     }
     out
-}
-
-fn first_chars(s: &str, n: usize) -> &str {
-    match s.char_indices().nth(n) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
 }

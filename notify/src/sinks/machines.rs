@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use super::{
-    Delivery, HttpPoster, SendError, Shape, Sink, notification_id, rfc3339, severity_number,
-    status_str, tactic_id,
+    Delivery, HttpPoster, SendError, Shape, Sink, first_chars, notification_id, rfc3339,
+    severity_number, status_str, tactic_id,
 };
 
 /// The JSON document webhooks receive.
@@ -134,7 +134,7 @@ pub fn pagerduty_event(a: &Alert, routing_key: &str) -> Value {
             "dedup_key": a.fingerprint,
             "client": "korvid",
             "payload": {
-                "summary": cut(&summary(a), 1024),
+                "summary": first_chars(&summary(a), 1024),
                 "source": format!("{}/{}", a.cluster, a.subject),
                 "severity": pagerduty_severity(a.severity),
                 "timestamp": rfc3339(a.event_time),
@@ -154,13 +154,6 @@ pub fn pagerduty_event(a: &Alert, routing_key: &str) -> Value {
                 },
             },
         }),
-    }
-}
-
-fn cut(s: &str, n: usize) -> String {
-    match s.char_indices().nth(n) {
-        Some((i, _)) => s[..i].to_string(),
-        None => s.to_string(),
     }
 }
 

@@ -164,6 +164,14 @@ pub fn notification_id(a: &Alert) -> String {
     format!("{}-{}-{}", a.id, status_str(a), a.last_seen)
 }
 
+/// The first `n` characters of `s` (whole characters, never a split UTF-8 sequence).
+pub fn first_chars(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
 /// RFC 3339 UTC with milliseconds.
 pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)

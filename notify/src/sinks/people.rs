@@ -100,10 +100,13 @@ const SLACK_ALERTS: usize = 15;
 /// Alerts listed in one Teams card (cards are limited to about 28 KB).
 const TEAMS_ALERTS: usize = 20;
 
+/// At most `n` characters, marked with `…` when cut.
 fn cut(s: &str, n: usize) -> String {
-    match s.char_indices().nth(n) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_string(),
+    let kept = super::first_chars(s, n);
+    if kept.len() < s.len() {
+        format!("{kept}…")
+    } else {
+        s.to_string()
     }
 }
 
