@@ -21,7 +21,7 @@ fn inputs() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::write(
         dir.path().join("web.yaml"),
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web-1\n  namespace: shop\nspec:\n  containers:\n  - name: web\n    image: nginx:1.25\n",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web-1\n  namespace: shop\n  labels:\n    app: web\n    team: storefront\nspec:\n  containers:\n  - name: web\n    image: nginx:1.25\n",
     )
     .expect("write");
     let exec = serde_json::json!({"kind": "Event", "apiVersion": "audit.k8s.io/v1", "auditID": "scan-1",
@@ -81,6 +81,10 @@ fn findings_come_out_as_json_with_the_documented_fields() {
     assert_eq!(exec["subject"]["kind"], "Pod");
     assert_eq!(exec["subject"]["name"], "web-1");
     assert_eq!(exec["evidence"]["actor"], "mallory");
+    assert_eq!(
+        exec["evidence"]["labels"], "app=web,team=storefront",
+        "the subject's labels come with the finding"
+    );
 }
 
 #[test]
@@ -153,6 +157,23 @@ fn exceptions_leave_out_what_they_cover_until_they_expire() {
     assert!(rules(&out).iter().any(|r| r == "KOR-0001"), "{out}");
     assert!(err.contains("has expired"), "{err}");
     assert_eq!(code, 1);
+
+    // By the subject's Kubernetes labels.
+    for (team, covered) in [("storefront", true), ("payments", false)] {
+        std::fs::write(
+            &file,
+            format!(
+                "exceptions:\n  - name: by-label\n    rules: [KOR-0001]\n    match:\n      label.team: [{team}]\n      label.app: [\"w*\"]\n    owner: sre\n    reason: team runbook\n"
+            ),
+        )
+        .expect("write");
+        let (_, out, err) = scan(&["--format", "json", "--exceptions", &excepted, &path]);
+        assert_eq!(
+            !rules(&out).iter().any(|r| r == "KOR-0001"),
+            covered,
+            "label.team={team}: {out}\n{err}"
+        );
+    }
 
     std::fs::write(&file, "exceptions:\n  - name: x\n    owner: sre\n").expect("write");
     let (code, _, err) = scan(&["--exceptions", &excepted, &path]);

@@ -7,7 +7,7 @@
 //! previous window), so an unchanged misconfiguration is not reported again with every window
 //! that passes near it.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::ipc::reader::StreamReader;
@@ -62,6 +62,55 @@ pub struct Evaluation {
     /// The window's tables as decoded for the rules, for what runs after them (the graph
     /// model's features) so nothing decodes a window twice.
     pub tables: WindowTables,
+}
+
+impl Evaluation {
+    /// Gives every finding whose subject has Kubernetes labels a `labels` evidence column
+    /// (`k=v,...`, from the window's `nodes`), so exceptions and notify routes can match
+    /// `label.KEY`. Idempotent; a rule that returns its own `labels` column keeps it.
+    pub fn attach_labels(&mut self) {
+        let wanted: HashSet<String> = self
+            .findings
+            .iter()
+            .filter(|f| !f.evidence.iter().any(|e| e.name == "labels"))
+            .map(|f| node_id(&f.subject))
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let labels = node_labels(&self.tables.nodes, &wanted);
+        for f in &mut self.findings {
+            if f.evidence.iter().any(|e| e.name == "labels") {
+                continue;
+            }
+            if let Some(value) = labels.get(&node_id(&f.subject)) {
+                f.evidence.push(Evidence {
+                    name: "labels".into(),
+                    value: value.clone(),
+                });
+            }
+        }
+    }
+}
+
+/// The `labels` of the `nodes` rows whose id is in `wanted`.
+fn node_labels(nodes: &[RecordBatch], wanted: &HashSet<String>) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for b in nodes {
+        let (Some(ids), Some(labels)) = (b.column_by_name("id"), b.column_by_name("labels")) else {
+            continue;
+        };
+        let (Some(ids), Some(labels)) = (ids.as_string_opt::<i32>(), labels.as_string_opt::<i32>())
+        else {
+            continue;
+        };
+        for i in 0..ids.len() {
+            if ids.is_valid(i) && labels.is_valid(i) && wanted.contains(ids.value(i)) {
+                out.insert(ids.value(i).to_string(), labels.value(i).to_string());
+            }
+        }
+    }
+    out
 }
 
 /// A window's decoded `nodes`, `edges` and `activity` tables.
@@ -261,6 +310,7 @@ impl RuleEngine {
                 Err(e) => out.failed_rules.push((rule.id.clone(), e.to_string())),
             }
         }
+        out.attach_labels();
         Ok(out)
     }
 }

@@ -203,7 +203,8 @@ impl Exception {
 
 /// The value of a match key in a finding: the subject's fields (`cluster`, `kind`,
 /// `namespace`, `name`, `subject` as `Kind/ns/name`), `rule`, `tactic`, `severity`, `user`
-/// (the `actor` or `user` evidence), or any evidence column (`image`, `host_path`, ...).
+/// (the `actor` or `user` evidence), `label.KEY` (the subject's Kubernetes label KEY, from the
+/// `labels` evidence detect attaches), or any evidence column (`image`, `host_path`, ...).
 pub fn finding_field<'a>(finding: &'a Finding, key: &str) -> Option<Cow<'a, str>> {
     let evidence = |name: &str| {
         finding
@@ -226,8 +227,25 @@ pub fn finding_field<'a>(finding: &'a Finding, key: &str) -> Option<Cow<'a, str>
         "tactic" => Some(Cow::Borrowed(finding.tactic.as_str())),
         "severity" => Some(Cow::Borrowed(finding.severity.as_str())),
         "user" => evidence("actor").or_else(|| evidence("user")),
-        _ => evidence(key),
+        _ => match key.strip_prefix("label.") {
+            Some(label) => finding
+                .evidence
+                .iter()
+                .find(|e| e.name == "labels")
+                .and_then(|e| label_value(&e.value, label))
+                .map(Cow::Borrowed),
+            None => evidence(key),
+        },
     }
+}
+
+/// The value of label `key` in a `labels` text (`k=v` pairs, comma-joined).
+fn label_value<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
+    labels
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
 }
 
 /// The exceptions in force, and what they did.
@@ -443,6 +461,32 @@ exceptions:
         assert_eq!(all.len(), 1);
         assert_eq!(removed.get("opa"), Some(&1));
         assert_eq!(removed.get("ports"), Some(&1));
+    }
+
+    #[test]
+    fn labels_match_by_key() {
+        let ex = Exceptions::parse(
+            "exceptions:\n  - name: team\n    match:\n      label.app.kubernetes.io/part-of: [\"shop-*\"]\n    owner: o\n    reason: r\n",
+        )
+        .expect("parses");
+        let labelled = |labels: &str| finding("KOR-0001", &[("labels", labels)]);
+        assert!(
+            ex.covering(&labelled("app.kubernetes.io/part-of=shop-api,tier=web"), 0)
+                .is_some()
+        );
+        assert!(
+            ex.covering(&labelled("tier=web,app.kubernetes.io/part-of=shop-db"), 0)
+                .is_some()
+        );
+        assert!(
+            ex.covering(&labelled("app.kubernetes.io/part-of=billing"), 0)
+                .is_none()
+        );
+        assert!(ex.covering(&labelled("part-of=shop-api"), 0).is_none());
+        assert!(
+            ex.covering(&finding("KOR-0001", &[]), 0).is_none(),
+            "no labels, no match"
+        );
     }
 
     #[test]

@@ -191,6 +191,8 @@ pub async fn run(settings: DetectSettings, ctx: ServiceContext) -> Result<(), De
                 let bytes = msg.payload.as_deref().unwrap_or_default();
                 match evaluated {
                     Ok((_, mut eval)) => {
+                        // The model's findings too (the rules' already have theirs).
+                        eval.attach_labels();
                         let now = korvid_common::now_millis();
                         for e in exceptions.expired(now) {
                             if expired_reported.insert(e.name.clone()) {

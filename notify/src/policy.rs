@@ -26,10 +26,13 @@
 //!       continue: true                    # also try the next sibling
 //!     - match: {namespace: ["team-a-*"]}
 //!       sinks: [team-a-slack]
+//!     - match: {label.team: [payments]}   # the subject's Kubernetes labels
+//!       sinks: [payments-pager]
 //! ```
 //!
 //! Match keys (every key must match, any of its patterns; `*` globs): `cluster`, `namespace`,
-//! `kind`, `name`, `subject`, `rule`, `tactic`, `severity`, `user`, `image`, or any evidence
+//! `kind`, `name`, `subject`, `rule`, `tactic`, `severity`, `user`, `image`, `label.KEY` (the
+//! subject's Kubernetes label, which detect attaches as the `labels` evidence), or any evidence
 //! column. A route takes an alert when its match and `min_severity` hold; its first matching
 //! child (and following children while `continue` is set) decide further, and a route whose
 //! children all pass sends to its own sinks. Exceptions and silences name an owner, a reason
@@ -523,6 +526,36 @@ route:
         );
         let low = finding("a", "1", Severity::Low, "api");
         assert!(p.sinks_for(&low).is_empty(), "below the root's minimum");
+    }
+
+    #[test]
+    fn routes_and_silences_match_labels() {
+        let text = r#"
+silences:
+  - name: canary
+    match: {label.track: [canary]}
+    owner: sre
+    reason: canaries are noisy by design
+    expires: 2999-01-01
+route:
+  sinks: [stdout]
+  routes:
+    - name: payments
+      match: {label.team: [payments]}
+      sinks: [pagerduty]
+"#;
+        let p = Policy::parse(text, &sinks(), Severity::Low, 0).expect("valid");
+        let mut f = finding("a", "1", Severity::High, "api");
+        f.evidence.push(korvid_schemas::Evidence {
+            name: "labels".into(),
+            value: "app=api,team=payments".into(),
+        });
+        assert_eq!(p.sinks_for(&f), BTreeSet::from(["pagerduty".to_string()]));
+        assert!(p.silence(&f, 1).is_none());
+        f.evidence.last_mut().expect("labels").value = "team=payments,track=canary".into();
+        assert_eq!(p.silence(&f, 1).map(|s| s.name.as_str()), Some("canary"));
+        f.evidence.pop();
+        assert_eq!(p.sinks_for(&f), BTreeSet::from(["stdout".to_string()]));
     }
 
     #[test]

@@ -32,7 +32,8 @@ pub const NODE_FLAGS: &[&str] = &[
     "probe_host",
 ];
 
-/// Inventory attributes of `nodes` that are text (lists comma-joined).
+/// Inventory attributes of `nodes` that are text (lists comma-joined; `labels` is the object's
+/// labels as `key=value` pairs sorted by key, comma-joined; a container has its pod's).
 pub const NODE_TEXTS: &[&str] = &[
     "linux_capabilities",
     "rbac_capabilities",
@@ -52,6 +53,7 @@ pub const NODE_TEXTS: &[&str] = &[
     "unsafe_sysctls",
     "flex_volume_drivers",
     "volume_types",
+    "labels",
 ];
 
 /// Inventory attributes of `nodes` that are numbers.

@@ -353,6 +353,9 @@ impl Inventory {
             if let Some(t) = o.body.get("type").and_then(Value::as_str) {
                 e.attrs.insert("type", Attr::Text(t.to_string()));
             }
+            if !o.labels.is_empty() {
+                e.attrs.insert("labels", Attr::Text(label_text(&o.labels)));
+            }
             owners(&mut g, o);
         }
         for node in self.of_kind("Node") {
@@ -538,6 +541,11 @@ impl Inventory {
             let cid = entity_id("Container", ns, &cname);
             {
                 let e = g.entity("Container", ns, &cname);
+                // A container is found as itself; exceptions and routes still want its pod's labels.
+                if !pod.labels.is_empty() {
+                    e.attrs
+                        .insert("labels", Attr::Text(label_text(&pod.labels)));
+                }
                 e.attrs.insert("privileged", Attr::Bool(c.privileged));
                 e.attrs
                     .insert("may_run_as_root", Attr::Bool(c.may_run_as_root));
@@ -904,6 +912,21 @@ fn workload_template(g: &mut Graph, w: &Stored, spec: &Value) {
     );
 }
 
+/// Labels as the `labels` column spells them: `key=value` pairs, sorted by key, comma-joined
+/// (neither label keys nor values may contain a comma or `=`, so this is unambiguous).
+fn label_text(labels: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    for (k, v) in labels {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push('=');
+        out.push_str(v);
+    }
+    out
+}
+
 /// Whether a label selector (`matchLabels` and `matchExpressions`) selects `labels`.
 fn selects(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
     let ok_labels = selector
@@ -1061,6 +1084,13 @@ mod tests {
         let g = cluster().graph();
         let main = "Container/ci/agent:main";
         assert_eq!(g.entities[main].attrs["privileged"], Attr::Bool(true));
+        let agent_labels = Attr::Text("app=agent".into());
+        assert_eq!(g.entities["Pod/ci/agent"].attrs["labels"], agent_labels);
+        assert_eq!(
+            g.entities[main].attrs["labels"], agent_labels,
+            "a container carries its pod's labels"
+        );
+        assert!(!g.entities["Node//n1"].attrs.contains_key("labels"));
         let mount: Vec<&Relation> = g.out(main, "mounts").collect();
         assert_eq!(mount[0].attrs["read_only"], Attr::Bool(false));
         assert!(
