@@ -607,6 +607,7 @@ fn main() {
         end: 2000,
         events: events.clone(),
         offsets: vec![],
+        traces: Vec::new(),
     };
     let korvid = time(5, 3, || {
         black_box(
@@ -661,7 +662,7 @@ fn main() {
                 e.cluster,
                 e.namespace.as_deref().unwrap_or("_cluster")
             );
-            black_box(assigner.admit(&key, e, &tp, i as i64, now));
+            black_box(assigner.admit(&key, e, &tp, i as i64, now, None));
         }
         for w in assigner.flush_all() {
             black_box(rt.block_on(agg.graph_window(&w, None)).expect("window"));
@@ -740,6 +741,7 @@ fn main() {
         end: 2000,
         events: traffic,
         offsets: vec![],
+        traces: Vec::new(),
     };
     let record = rt
         .block_on(agg.graph_window(&busy, Some(&around)))

@@ -18,8 +18,11 @@ async fn exec_into_a_pod_alerts_exactly_once() {
 
     let batch = exec_batch("e2e-exec-1", "shop", "web-6f7d9-abcde", "mallory", now_ms());
     let posted = Instant::now();
+    // The API server's trace (kube-apiserver sends one when its tracing is on).
+    let trace_id = "6a0b5e1c2d3f4a5b8c9d0e1f2a3b4c5d";
     let resp = client
         .post(cfg.webhook_url())
+        .header("traceparent", format!("00-{trace_id}-1a2b3c4d5e6f7a8b-01"))
         .body(batch.clone())
         .send()
         .await
@@ -38,6 +41,14 @@ async fn exec_into_a_pod_alerts_exactly_once() {
 
     let d = &got[0];
     assert!(d.signature_ok, "HMAC signature must verify");
+    // One trace from the webhook to the alert: ingest, enrich, detect and notify each continued
+    // the context they consumed (Kafka headers), and the sink sent it on.
+    let sent = d.traceparent.as_deref().unwrap_or_default();
+    assert_eq!(
+        sent.split('-').nth(1),
+        Some(trace_id),
+        "the alert continues the audit request's trace: {sent:?}"
+    );
     let alert = &d.body["alert"];
     assert_eq!(alert["tactic"], "EXECUTION");
     assert_eq!(alert["rule_id"], "KOR-0001");

@@ -92,6 +92,7 @@ async fn state_findings_cover_the_window_focus_and_full_windows_cover_everything
         end: T0 + 2000,
         events,
         offsets: vec![],
+        traces: Vec::new(),
     };
     let incremental = ActivityAggregator::new()
         .await

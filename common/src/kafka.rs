@@ -27,7 +27,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, TopicPartitionList};
@@ -702,6 +702,9 @@ impl RecordProducer {
         if let Some(p) = payload {
             record = record.payload(p);
         }
+        if let Some(h) = trace_headers() {
+            record = record.headers(h);
+        }
         // Timeout::Never: a full local queue means wait (backpressure), never drop.
         match self.producer.send(record, Timeout::Never).await {
             Ok(d) => {
@@ -754,6 +757,7 @@ impl RecordProducer {
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
     ) -> Result<PendingDelivery, KafkaClientError> {
+        let trace = trace_headers();
         loop {
             let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
             if let Some(k) = key {
@@ -761,6 +765,9 @@ impl RecordProducer {
             }
             if let Some(p) = payload {
                 record = record.payload(p);
+            }
+            if let Some(h) = &trace {
+                record = record.headers(h.clone());
             }
             match self.producer.send_result(record) {
                 Ok(delivery) => {
@@ -791,6 +798,16 @@ impl RecordProducer {
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaClientError> {
         tokio::task::block_in_place(|| self.producer.flush(timeout)).map_err(kafka("flush"))
     }
+}
+
+/// The `traceparent` header of the current span, when it is traced (see
+/// [`crate::trace_context`]).
+fn trace_headers() -> Option<OwnedHeaders> {
+    let tp = crate::trace_context::current()?;
+    Some(OwnedHeaders::new_with_capacity(1).insert(Header {
+        key: crate::trace_context::HEADER,
+        value: Some(tp.as_bytes()),
+    }))
 }
 
 /// What a topic follower ([`KafkaContext::follow`]) hands over.
@@ -983,6 +1000,8 @@ pub struct Consumed {
     pub offset: i64,
     /// Value (`None` for a tombstone).
     pub payload: Option<Vec<u8>>,
+    /// The producer's trace context (`traceparent` header), if it sent one.
+    pub trace_parent: Option<String>,
 }
 
 impl Consumed {
@@ -1026,6 +1045,13 @@ impl AtLeastOnceConsumer {
                         partition: m.partition(),
                         offset: m.offset(),
                         payload: m.payload().map(<[u8]>::to_vec),
+                        trace_parent: m.headers().and_then(|h| {
+                            h.iter()
+                                .find(|h| h.key == crate::trace_context::HEADER)
+                                .and_then(|h| h.value)
+                                .and_then(|v| std::str::from_utf8(v).ok())
+                                .map(str::to_string)
+                        }),
                     });
                 }
                 Err(e) => {

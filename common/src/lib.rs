@@ -14,6 +14,7 @@ pub mod shutdown;
 pub mod sql;
 pub mod telemetry;
 pub mod tls;
+pub mod trace_context;
 
 pub use settings::{SettingsError, Validate};
 pub use shutdown::Shutdown;

@@ -8,6 +8,7 @@ use korvid_common::kafka::KafkaClientError;
 use korvid_schemas::GraphWindow;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use tracing::Instrument as _;
 
 use crate::engine::{Evaluation, RuleEngine};
 use crate::exceptions::Exceptions;
@@ -144,9 +145,23 @@ pub async fn run(settings: DetectSettings, ctx: ServiceContext) -> Result<(), De
                 }
             }
         }
+        // Each window continues the trace enrich sent it with.
+        let spans: Vec<tracing::Span> = msgs
+            .iter()
+            .map(|m| {
+                korvid_common::trace_context::span_after(
+                    tracing::info_span!(
+                        "detect.window",
+                        partition = m.partition,
+                        offset = m.offset
+                    ),
+                    m.trace_parent.as_deref(),
+                )
+            })
+            .collect();
         // Rules, window by window (the engine holds one window's tables at a time).
         let mut results = Vec::with_capacity(msgs.len());
-        for msg in &msgs {
+        for (msg, span) in msgs.iter().zip(&spans) {
             windows.inc();
             let Some(bytes) = &msg.payload else {
                 results.push(None);
@@ -155,6 +170,7 @@ pub async fn run(settings: DetectSettings, ctx: ServiceContext) -> Result<(), De
             let evaluated = match decoder.decode(bytes).await {
                 Ok(window) => engine
                     .evaluate(&window, korvid_common::now_millis())
+                    .instrument(span.clone())
                     .await
                     .map(|eval| (window, eval))
                     .map_err(|e| (e.to_string(), "bad_window")),
@@ -186,7 +202,7 @@ pub async fn run(settings: DetectSettings, ctx: ServiceContext) -> Result<(), De
             }
         }
         // Publish, in order; a window's offset is stored once its output is acknowledged.
-        for (msg, result) in msgs.iter().zip(results) {
+        for ((msg, result), span) in msgs.iter().zip(results).zip(&spans) {
             if let Some(evaluated) = result {
                 let bytes = msg.payload.as_deref().unwrap_or_default();
                 match evaluated {
@@ -207,10 +223,11 @@ pub async fn run(settings: DetectSettings, ctx: ServiceContext) -> Result<(), De
                                 .get_or_create(&vec![("rule".into(), rule.clone())])
                                 .inc();
                         }
-                        let sends = eval
-                            .findings
-                            .iter()
-                            .map(|f| producer.send(&topics.findings, &f.fingerprint, f));
+                        let sends = eval.findings.iter().map(|f| {
+                            producer
+                                .send(&topics.findings, &f.fingerprint, f)
+                                .instrument(span.clone())
+                        });
                         let results = futures::future::join_all(sends).await;
                         if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
                             // Not acknowledged: do not store the offset; stop so a restart (or

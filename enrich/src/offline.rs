@@ -64,7 +64,7 @@ pub async fn windows(
             e.cluster,
             e.namespace.as_deref().unwrap_or("_cluster")
         );
-        match assigner.admit(&key, e, &tp, offset as i64, now) {
+        match assigner.admit(&key, e, &tp, offset as i64, now, None) {
             Admission::Buffered => {}
             Admission::Duplicate => out.duplicates += 1,
             Admission::Late { .. } => out.late += 1,

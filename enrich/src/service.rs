@@ -11,6 +11,7 @@ use korvid_common::kafka::{
 use korvid_schemas::{AuditEvent, GraphWindow, KubeEvent};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use tracing::Instrument as _;
 
 use crate::settings::EnrichSettings;
 use crate::state::Inventories;
@@ -189,7 +190,14 @@ impl Enricher {
             event.cluster,
             event.namespace.as_deref().unwrap_or("_cluster")
         );
-        match self.windows.admit(&key, event, &tp, offset, Instant::now()) {
+        match self.windows.admit(
+            &key,
+            event,
+            &tp,
+            offset,
+            Instant::now(),
+            msg.trace_parent.as_deref(),
+        ) {
             Admission::Buffered => {}
             Admission::Duplicate => {
                 self.metrics.duplicates.inc();
@@ -266,9 +274,17 @@ impl Enricher {
                     continue;
                 }
             };
+            // The window continues its first event's trace and links the others'.
+            let span = korvid_common::trace_context::span_after(
+                tracing::info_span!("enrich.window", key = %w.key, events = w.events.len()),
+                w.traces.first().map(String::as_str),
+            );
+            for t in w.traces.iter().skip(1) {
+                korvid_common::trace_context::link(&span, t);
+            }
             let mut all_published = true;
             for record in &records {
-                if !self.send_window(record).await {
+                if !self.send_window(record).instrument(span.clone()).await {
                     all_published = false;
                     break;
                 }

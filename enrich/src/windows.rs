@@ -56,6 +56,9 @@ pub struct ClosedWindow {
     pub events: Vec<AuditEvent>,
     /// The offsets these events came from.
     pub offsets: Vec<(TopicPartition, i64)>,
+    /// Trace contexts (`traceparent`) of the events, first come first, at most
+    /// [`korvid_common::trace_context::MAX_LINKS`] + 1.
+    pub traces: Vec<String>,
 }
 
 struct OpenWindow {
@@ -64,6 +67,7 @@ struct OpenWindow {
     ids: BTreeSet<String>,
     offsets: Vec<(TopicPartition, i64)>,
     tp: TopicPartition,
+    traces: Vec<String>,
 }
 
 struct KeyState {
@@ -128,7 +132,7 @@ impl WindowAssigner {
         self.seen(tp, offset);
     }
 
-    /// Offers an event read from `tp` at `offset`.
+    /// Offers an event read from `tp` at `offset`, with the trace context it came with.
     pub fn admit(
         &mut self,
         key: &str,
@@ -136,6 +140,7 @@ impl WindowAssigner {
         tp: &TopicPartition,
         offset: i64,
         now: Instant,
+        trace: Option<&str>,
     ) -> Admission {
         let event_ms = event.event_time.div_euclid(1000);
         let start = event_ms.div_euclid(self.cfg.size_ms) * self.cfg.size_ms;
@@ -164,6 +169,7 @@ impl WindowAssigner {
                 ids: BTreeSet::new(),
                 offsets: Vec::new(),
                 tp: tp.clone(),
+                traces: Vec::new(),
             });
         if !window.ids.insert(event.audit_id.clone()) {
             self.seen(tp, offset);
@@ -171,6 +177,11 @@ impl WindowAssigner {
         }
         window.events.push(event);
         window.offsets.push((tp.clone(), offset));
+        if let Some(t) = trace
+            && window.traces.len() <= korvid_common::trace_context::MAX_LINKS
+        {
+            window.traces.push(t.to_string());
+        }
         self.buffered += 1;
         self.seen(tp, offset).pending.insert(offset);
         Admission::Buffered
@@ -230,6 +241,7 @@ impl WindowAssigner {
             end,
             events: w.events,
             offsets: w.offsets,
+            traces: w.traces,
         })
     }
 
@@ -330,21 +342,21 @@ mod tests {
         let mut w = WindowAssigner::new(cfg());
         let now = Instant::now();
         assert_eq!(
-            w.admit("k", ev("a", 100), &tp(), 10, now),
+            w.admit("k", ev("a", 100), &tp(), 10, now, None),
             Admission::Buffered
         );
         assert_eq!(
-            w.admit("k", ev("b", 1900), &tp(), 11, now),
+            w.admit("k", ev("b", 1900), &tp(), 11, now, None),
             Admission::Buffered
         );
         assert_eq!(
-            w.admit("k", ev("b", 1900), &tp(), 12, now),
+            w.admit("k", ev("b", 1900), &tp(), 12, now, None),
             Admission::Duplicate
         );
         assert!(w.due(now).is_empty(), "watermark 1400 < end 2000");
         assert!(w.committable().is_empty(), "nothing published yet");
         assert_eq!(
-            w.admit("k", ev("c", 2600), &tp(), 13, now),
+            w.admit("k", ev("c", 2600), &tp(), 13, now, None),
             Admission::Buffered
         );
         let closed = w.due(now);
@@ -355,7 +367,7 @@ mod tests {
         // 10, 11 published, 12 was a duplicate, 13 still pending.
         assert_eq!(w.committable(), vec![(tp(), 12)]);
         assert_eq!(
-            w.admit("k", ev("d", 1999), &tp(), 14, now),
+            w.admit("k", ev("d", 1999), &tp(), 14, now, None),
             Admission::Late {
                 window_end: 2000,
                 emitted_until: 2000
@@ -375,7 +387,7 @@ mod tests {
         let mut w = WindowAssigner::new(c);
         let t0 = Instant::now();
         for i in 0..5 {
-            w.admit("k", ev(&format!("e{i}"), i * 5000), &tp(), i, t0);
+            w.admit("k", ev(&format!("e{i}"), i * 5000), &tp(), i, t0, None);
         }
         // Five windows of one event each; the bound closes the two oldest... and the watermark
         // the ones before the newest.
@@ -391,7 +403,7 @@ mod tests {
     fn revoked_partitions_are_forgotten() {
         let mut w = WindowAssigner::new(cfg());
         let now = Instant::now();
-        w.admit("k", ev("a", 100), &tp(), 1, now);
+        w.admit("k", ev("a", 100), &tp(), 1, now, None);
         w.revoke(&[tp()]);
         assert_eq!(w.buffered(), 0);
         assert!(w.flush_all().is_empty());

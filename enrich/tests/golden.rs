@@ -93,6 +93,7 @@ fn closed(events: Vec<AuditEvent>) -> ClosedWindow {
         end: 1_795_741_202_000,
         events,
         offsets: Vec::new(),
+        traces: Vec::new(),
     }
 }
 

@@ -322,8 +322,25 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-#[tracing::instrument(name = "ingest.audit_batch", skip_all, fields(bytes = body.len()))]
-async fn receive(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+/// One audit batch, traced: the API server's `traceparent` (if it sent one) is continued, and
+/// every event record carries the batch span's context on to enrich.
+async fn receive(
+    State(s): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    use tracing::Instrument as _;
+    let parent = headers
+        .get(korvid_common::trace_context::HEADER)
+        .and_then(|v| v.to_str().ok());
+    let span = korvid_common::trace_context::span_after(
+        tracing::info_span!("ingest.audit_batch", bytes = body.len()),
+        parent,
+    );
+    receive_batch(s, body).instrument(span).await
+}
+
+async fn receive_batch(s: Arc<Shared>, body: Bytes) -> Response {
     let Ok(_permit) = s.permits.clone().try_acquire_owned() else {
         return busy(&s);
     };

@@ -14,6 +14,7 @@ use korvid_schemas::{Alert, DedupState, Finding};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::sync::mpsc;
+use tracing::Instrument as _;
 
 use crate::engine::{Change, Engine, Flush, Observed, StateWrite};
 use crate::order::EventTimeMerge;
@@ -97,6 +98,43 @@ impl Metrics {
 struct Dispatcher {
     policy: Policy,
     sinks: HashMap<String, SinkHandle>,
+    traces: AlertTraces,
+}
+
+/// The trace context of each open alert's latest finding, so the notification continues the
+/// trace from the audit event (in memory only: after a restart, notifications start new traces).
+#[derive(Default)]
+struct AlertTraces(std::sync::Mutex<HashMap<String, String>>);
+
+/// Alerts whose trace is remembered at most; past it the memory starts over.
+const MAX_TRACED_ALERTS: usize = 100_000;
+
+impl AlertTraces {
+    fn remember(&self, fingerprint: &str, traceparent: String) {
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if m.len() >= MAX_TRACED_ALERTS && !m.contains_key(fingerprint) {
+            m.clear();
+        }
+        m.insert(fingerprint.to_string(), traceparent);
+    }
+
+    /// The trace of the first of `alerts` that has one; resolved alerts are forgotten.
+    fn for_delivery(&self, alerts: &[Alert]) -> Option<String> {
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let found = alerts.iter().find_map(|a| m.get(&a.fingerprint).cloned());
+        for a in alerts {
+            if a.status == korvid_schemas::AlertStatus::Resolved {
+                m.remove(&a.fingerprint);
+            }
+        }
+        found
+    }
 }
 
 impl Dispatcher {
@@ -134,10 +172,14 @@ impl Dispatcher {
                 .notifications
                 .get_or_create(&vec![("sink".into(), name.to_string())])
                 .inc();
-            handle.offer(Delivery {
-                group: flush.group.clone(),
-                alerts: send,
-            });
+            let trace = self.traces.for_delivery(&send);
+            handle.offer_traced(
+                Delivery {
+                    group: flush.group.clone(),
+                    alerts: send,
+                },
+                trace,
+            );
         }
     }
 }
@@ -244,6 +286,7 @@ pub async fn run(settings: NotifySettings, ctx: ServiceContext) -> Result<(), No
     let dispatcher = Dispatcher {
         policy,
         sinks: handles,
+        traces: AlertTraces::default(),
     };
 
     // What earlier runs (or other instances) already notified; adopted per partition once the
@@ -471,7 +514,13 @@ impl Loop<'_> {
     ) -> Result<(), KafkaClientError> {
         match decoded {
             None => Ok(()),
-            Some(Ok(f)) => self.finding(&f, msg.partition, now).await,
+            Some(Ok(f)) => {
+                let span = korvid_common::trace_context::span_after(
+                    tracing::info_span!("notify.finding", fingerprint = %f.fingerprint),
+                    msg.trace_parent.as_deref(),
+                );
+                self.finding(&f, msg.partition, now).instrument(span).await
+            }
             Some(Err((e, bytes))) => self
                 .dead_letters
                 .send(STAGE, e.kind(), &e.to_string(), &bytes, msg.source())
@@ -523,7 +572,6 @@ impl Loop<'_> {
         Ok(())
     }
 
-    #[tracing::instrument(name = "notify.finding", skip_all, fields(fingerprint = %f.fingerprint))]
     async fn finding(
         &mut self,
         f: &Finding,
@@ -543,6 +591,11 @@ impl Loop<'_> {
             return Ok(());
         }
         let observed = self.engine.observe(f, partition, now);
+        if !matches!(observed, Observed::Replay)
+            && let Some(tp) = korvid_common::trace_context::current()
+        {
+            self.dispatcher.traces.remember(&f.fingerprint, tp);
+        }
         self.metrics.decision(match observed {
             Observed::Replay => "replay",
             Observed::New(_) => "notify",

@@ -331,6 +331,8 @@ pub struct Delivery {
     pub at: Instant,
     pub body: serde_json::Value,
     pub signature_ok: bool,
+    /// The W3C `traceparent` header the sink sent, if any.
+    pub traceparent: Option<String>,
 }
 
 /// A real HTTP server that records alert deliveries and checks their signatures.
@@ -425,6 +427,10 @@ async fn receive(
         at: Instant::now(),
         body: parsed,
         signature_ok: sig == expected,
+        traceparent: headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
     });
     "ok"
 }

@@ -49,7 +49,14 @@ impl HttpPoster {
     /// Sends `request` and reads the answer: 2xx is success (the response is returned for
     /// sinks that read per-item results); 408, 429 and 5xx are worth a retry; other statuses
     /// are refusals.
+    ///
+    /// The request carries the current trace context (`traceparent`) when notify is traced, so
+    /// a receiver that traces too continues the trace from the audit event to its alert.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Response, SendError> {
+        let request = match korvid_common::trace_context::current() {
+            Some(tp) => request.header(korvid_common::trace_context::HEADER, tp),
+            None => request,
+        };
         let response = request.send().await.map_err(|e| SendError::Retryable {
             reason: describe(&e),
             retry_after: None,

@@ -17,6 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use super::{Delivery, SendError, Sink};
 
@@ -153,6 +154,8 @@ impl SinkMetrics {
 struct Queued {
     delivery: Delivery,
     since: Instant,
+    /// The trace the delivery continues (`traceparent` of the finding that caused it).
+    trace: Option<String>,
 }
 
 /// The notify loop's end of one sink's queue.
@@ -178,9 +181,15 @@ impl SinkHandle {
 
     /// Queues a delivery without waiting; a full queue dead-letters it.
     pub fn offer(&self, delivery: Delivery) {
+        self.offer_traced(delivery, None);
+    }
+
+    /// [`offer`](Self::offer), the send continuing the trace of `trace` (a `traceparent`).
+    pub fn offer_traced(&self, delivery: Delivery, trace: Option<String>) {
         match self.tx.try_send(Queued {
             delivery,
             since: Instant::now(),
+            trace,
         }) {
             Ok(()) => {
                 self.queued.inc();
@@ -258,6 +267,10 @@ impl Worker {
         while let Some(first) = rx.recv().await {
             self.queued.dec();
             let since = first.since;
+            let span = korvid_common::trace_context::span_after(
+                tracing::info_span!("notify.deliver", sink = %self.name),
+                first.trace.as_deref(),
+            );
             let group = first.delivery.group.clone();
             let mut alerts = first.delivery.alerts;
             // Per-alert sinks take several queued deliveries in one request.
@@ -273,7 +286,9 @@ impl Worker {
                 }
             }
             if self.sink.shape() == super::Shape::Grouped {
-                self.deliver(Delivery { group, alerts }, since).await;
+                self.deliver(Delivery { group, alerts }, since)
+                    .instrument(span)
+                    .await;
             } else {
                 while !alerts.is_empty() {
                     let rest = alerts.split_off(alerts.len().min(batch));
@@ -285,6 +300,7 @@ impl Worker {
                         },
                         since,
                     )
+                    .instrument(span.clone())
                     .await;
                 }
             }
