@@ -18,6 +18,8 @@ need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+# librdkafka's TLS and SASL/SCRAM use the system OpenSSL.
+pkg-config --exists openssl 2>/dev/null || need_apt+=(libssl-dev)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 [ -x /usr/sbin/rsyslogd ] || need_apt+=(rsyslog)

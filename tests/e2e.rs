@@ -330,34 +330,6 @@ async fn an_external_kafka_is_used_when_configured() {
     external.stop(Duration::from_secs(2)).await;
 }
 
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
-fn pki(dir: &std::path::Path) -> (String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    std::fs::create_dir_all(dir).expect("pki dir");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca =
-        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
-    let server_key = KeyPair::generate().expect("key");
-    let server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .expect("params")
-        .signed_by(&server_key, &ca)
-        .expect("server cert");
-    let client_key = KeyPair::generate().expect("key");
-    let client = CertificateParams::new(vec!["kube-apiserver".to_string()])
-        .expect("params")
-        .signed_by(&client_key, &ca)
-        .expect("client cert");
-    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
-    std::fs::write(dir.join("server.pem"), server.pem()).expect("write");
-    std::fs::write(dir.join("server-key.pem"), server_key.serialize_pem()).expect("write");
-    std::fs::write(dir.join("token"), "e2e-token-0123456789abcdef\n").expect("write");
-    (
-        ca.pem(),
-        format!("{}{}", client.pem(), client_key.serialize_pem()),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_webhook_serves_https_with_client_certificates_and_a_bearer_token() {
     let dir = tempfile::tempdir().expect("tmp");

@@ -52,7 +52,9 @@ pub struct KafkaSettings {
     pub replication_factor: i32,
     /// Prefix of consumer group ids (`korvid` gives `korvid-enrich`).
     pub group_prefix: String,
-    /// Extra librdkafka properties for every client (`security.protocol`, `sasl.mechanisms`, ...).
+    /// How to authenticate and encrypt (`[kafka.security]`).
+    pub security: KafkaSecurity,
+    /// Extra librdkafka properties for every client (tuning; security belongs in `security`).
     pub client: BTreeMap<String, String>,
     /// Confluent Schema Registry URL. Unset: Avro single-object encoding.
     pub schema_registry_url: Option<String>,
@@ -75,6 +77,7 @@ impl Default for KafkaSettings {
             partitions: 6,
             replication_factor: 1,
             group_prefix: "korvid".into(),
+            security: KafkaSecurity::default(),
             client: BTreeMap::new(),
             schema_registry_url: None,
             schema_registry_username: None,
@@ -82,6 +85,216 @@ impl Default for KafkaSettings {
             deadletter_max_payload_bytes: 1 << 20,
             produce_timeout_ms: 60_000,
         }
+    }
+}
+
+/// `kafka.security.protocol`: librdkafka's `security.protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    /// No TLS, no authentication (the embedded broker, a trusted network).
+    #[default]
+    Plaintext,
+    /// TLS, optionally with a client certificate (mutual TLS).
+    Ssl,
+    /// SASL authentication without TLS (credentials in the clear: PLAIN only on trusted links).
+    SaslPlaintext,
+    /// SASL authentication over TLS.
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    fn uses_tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+
+    fn uses_sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    }
+}
+
+/// `kafka.security.sasl_mechanism`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SaslMechanism {
+    /// Username and password as they are (use with TLS).
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// Salted challenge-response, SHA-256.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// Salted challenge-response, SHA-512.
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// `[kafka.security]`: TLS and SASL for an existing cluster, turned into librdkafka properties.
+///
+/// Secrets can stay out of the file: `password_file` (a mounted Kubernetes Secret) or the
+/// environment (`KORVID__KAFKA__SECURITY__PASSWORD`). `Debug` never shows them.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSecurity {
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub protocol: SecurityProtocol,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (SASL protocols only).
+    pub sasl_mechanism: Option<SaslMechanism>,
+    /// SASL user name.
+    pub username: Option<String>,
+    /// SASL password (prefer `password_file` or the environment).
+    pub password: Option<String>,
+    /// File holding the SASL password (trailing newline ignored).
+    pub password_file: Option<std::path::PathBuf>,
+    /// PEM CA bundle to verify the brokers with. Unset: the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate, for mutual TLS (with `key_file`).
+    pub cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<std::path::PathBuf>,
+    /// Check that the broker's certificate names the host connected to (default on).
+    pub verify_hostname: Option<bool>,
+}
+
+impl std::fmt::Debug for KafkaSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSecurity")
+            .field("protocol", &self.protocol)
+            .field("sasl_mechanism", &self.sasl_mechanism)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_file", &self.password_file)
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("verify_hostname", &self.verify_hostname)
+            .finish()
+    }
+}
+
+impl KafkaSecurity {
+    fn validate(&self) -> Result<(), SettingsError> {
+        let p = self.protocol;
+        if p.uses_sasl() {
+            if self.sasl_mechanism.is_none() {
+                return Err(SettingsError::invalid(
+                    "kafka.security.sasl_mechanism",
+                    "is required with a SASL protocol (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)",
+                ));
+            }
+            require_non_empty(
+                "kafka.security.username",
+                self.username.as_deref().unwrap_or(""),
+            )?;
+            if self.password.is_some() == self.password_file.is_some() {
+                return Err(SettingsError::invalid(
+                    "kafka.security.password",
+                    "give exactly one of password and password_file",
+                ));
+            }
+        } else if self.sasl_mechanism.is_some() || self.username.is_some() {
+            return Err(SettingsError::invalid(
+                "kafka.security.protocol",
+                format!(
+                    "is `{}`, which does not use SASL; choose sasl_ssl or sasl_plaintext",
+                    p.as_str()
+                ),
+            ));
+        }
+        if !p.uses_tls()
+            && (self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some())
+        {
+            return Err(SettingsError::invalid(
+                "kafka.security.protocol",
+                format!(
+                    "is `{}`, which does not use TLS; choose ssl or sasl_ssl",
+                    p.as_str()
+                ),
+            ));
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(SettingsError::invalid(
+                "kafka.security.key_file",
+                "cert_file and key_file go together",
+            ));
+        }
+        for (key, path) in [
+            ("ca_file", &self.ca_file),
+            ("cert_file", &self.cert_file),
+            ("key_file", &self.key_file),
+        ] {
+            if let Some(path) = path {
+                std::fs::metadata(path).map_err(|e| {
+                    SettingsError::invalid(
+                        format!("kafka.security.{key}"),
+                        format!("{}: {e}", path.display()),
+                    )
+                })?;
+            }
+        }
+        self.properties().map(drop)
+    }
+
+    /// The librdkafka properties these settings stand for.
+    pub fn properties(&self) -> Result<Vec<(&'static str, String)>, SettingsError> {
+        let p = self.protocol;
+        let mut out = vec![("security.protocol", p.as_str().to_string())];
+        if p.uses_sasl() {
+            let password = match (&self.password, &self.password_file) {
+                (Some(pw), _) => pw.clone(),
+                (None, Some(path)) => std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        SettingsError::invalid(
+                            "kafka.security.password_file",
+                            format!("{}: {e}", path.display()),
+                        )
+                    })?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+                (None, None) => String::new(),
+            };
+            if let Some(m) = self.sasl_mechanism {
+                out.push(("sasl.mechanisms", m.as_str().to_string()));
+            }
+            out.push(("sasl.username", self.username.clone().unwrap_or_default()));
+            out.push(("sasl.password", password));
+        }
+        if p.uses_tls() {
+            let path = |p: &std::path::Path| p.display().to_string();
+            if let Some(ca) = &self.ca_file {
+                out.push(("ssl.ca.location", path(ca)));
+            }
+            if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
+                out.push(("ssl.certificate.location", path(cert)));
+                out.push(("ssl.key.location", path(key)));
+            }
+            let verify = self.verify_hostname.unwrap_or(true);
+            out.push((
+                "ssl.endpoint.identification.algorithm",
+                if verify { "https" } else { "none" }.to_string(),
+            ));
+        }
+        Ok(out)
     }
 }
 
@@ -125,6 +338,17 @@ impl Validate for KafkaSettings {
                     "is managed by korvid; use the dedicated setting",
                 ));
             }
+        }
+        self.security.validate()?;
+        if self.security.protocol != SecurityProtocol::Plaintext
+            && let Some(key) = self.client.keys().find(|k| {
+                k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.")
+            })
+        {
+            return Err(SettingsError::invalid(
+                format!("kafka.client.{key}"),
+                "conflicts with [kafka.security]; set security in one place",
+            ));
         }
         if let Some(url) = &self.schema_registry_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -338,10 +562,19 @@ impl KafkaContext {
         }
     }
 
-    /// Base client configuration: bootstrap plus the user's extra properties.
+    /// Base client configuration: bootstrap, security and the user's extra properties.
     pub fn client_config(&self) -> ClientConfig {
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", &self.bootstrap);
+        match self.settings.security.properties() {
+            Ok(props) => {
+                for (k, v) in props {
+                    cfg.set(k, v);
+                }
+            }
+            // Checked at start; a secret file removed since then fails authentication, loudly.
+            Err(e) => tracing::error!(error = %e, "Kafka security settings unusable"),
+        }
         for (k, v) in &self.settings.client {
             cfg.set(k, v);
         }
@@ -1182,4 +1415,107 @@ impl KafkaClientError {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // The guarded maps stay consistent even if a holder panicked.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn security(toml_text: &str) -> Result<KafkaSecurity, String> {
+        let s: KafkaSecurity = config::Config::builder()
+            .add_source(config::File::from_str(toml_text, config::FileFormat::Toml))
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|e| e.to_string())?;
+        s.validate().map_err(|e| e.to_string())?;
+        Ok(s)
+    }
+
+    #[test]
+    fn sasl_scram_over_tls_becomes_librdkafka_properties() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pw = dir.path().join("password");
+        std::fs::write(&pw, "s3cr3t-pw\n").expect("write");
+        let s = security(&format!(
+            "protocol = \"sasl_ssl\"\nsasl_mechanism = \"SCRAM-SHA-512\"\nusername = \"korvid\"\npassword_file = \"{}\"\n",
+            pw.display()
+        ))
+        .expect("valid");
+        let props: BTreeMap<_, _> = s.properties().expect("props").into_iter().collect();
+        assert_eq!(props["security.protocol"], "sasl_ssl");
+        assert_eq!(props["sasl.mechanisms"], "SCRAM-SHA-512");
+        assert_eq!(props["sasl.username"], "korvid");
+        assert_eq!(
+            props["sasl.password"], "s3cr3t-pw",
+            "the file's newline is not part of it"
+        );
+        assert_eq!(props["ssl.endpoint.identification.algorithm"], "https");
+        assert!(
+            !format!("{s:?}").contains("s3cr3t"),
+            "Debug never shows a password"
+        );
+        let inline = security(
+            "protocol = \"sasl_plaintext\"\nsasl_mechanism = \"PLAIN\"\nusername = \"u\"\npassword = \"hunter2-pw\"\n",
+        )
+        .expect("valid");
+        assert!(!format!("{inline:?}").contains("hunter2"));
+
+        // The librdkafka korvid is built with takes every mode (TLS and SCRAM need OpenSSL).
+        for props in [
+            s.properties().expect("props"),
+            inline.properties().expect("props"),
+        ] {
+            let mut cfg = ClientConfig::new();
+            cfg.set("bootstrap.servers", "127.0.0.1:1");
+            for (k, v) in props {
+                cfg.set(k, v);
+            }
+            let made: Result<rdkafka::producer::BaseProducer, _> = cfg.create();
+            assert!(made.is_ok(), "{:?}", made.err());
+        }
+    }
+
+    #[test]
+    fn inconsistent_security_is_refused_with_the_key() {
+        for (text, key) in [
+            (
+                "protocol = \"sasl_ssl\"\nusername = \"u\"\npassword = \"p\"\n",
+                "sasl_mechanism",
+            ),
+            (
+                "protocol = \"sasl_ssl\"\nsasl_mechanism = \"PLAIN\"\nusername = \"u\"\n",
+                "password",
+            ),
+            (
+                "protocol = \"sasl_ssl\"\nsasl_mechanism = \"PLAIN\"\npassword = \"p\"\n",
+                "username",
+            ),
+            ("protocol = \"ssl\"\nusername = \"u\"\n", "protocol"),
+            (
+                "protocol = \"plaintext\"\nca_file = \"/etc/hosts\"\n",
+                "protocol",
+            ),
+            (
+                "protocol = \"ssl\"\ncert_file = \"/etc/hosts\"\n",
+                "key_file",
+            ),
+            (
+                "protocol = \"ssl\"\nca_file = \"/nonexistent/ca.pem\"\n",
+                "ca_file",
+            ),
+        ] {
+            let e = security(text).expect_err(text);
+            assert!(e.contains(&format!("kafka.security.{key}")), "{text}: {e}");
+        }
+        let e = security("protocol = \"tls\"\n").expect_err("unknown protocol");
+        assert!(e.contains("tls") && e.contains("protocol"), "{e}");
+
+        let mut settings = KafkaSettings::default();
+        settings.security.protocol = SecurityProtocol::Ssl;
+        settings
+            .client
+            .insert("security.protocol".into(), "plaintext".into());
+        let e = settings.validate().expect_err("two places").to_string();
+        assert!(e.contains("kafka.client.security.protocol"), "{e}");
+    }
 }

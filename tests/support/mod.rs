@@ -259,6 +259,17 @@ impl Drop for Korvid {
     }
 }
 
+/// A child process stopped (see [`stop`]) when this goes out of scope, a failed test included.
+pub struct StopOnDrop(pub Option<Child>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            stop(c);
+        }
+    }
+}
+
 /// SIGTERM, up to 10 s to exit, then SIGKILL.
 pub fn stop(mut c: Child) {
     let _ = Command::new("kill")
@@ -597,4 +608,96 @@ pub fn read_records(bootstrap: &str, topic: &str) -> Vec<(String, Option<Vec<u8>
         }
     }
     out
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`
+/// (`ca.pem`, `server.pem`, `server-key.pem`, `client.pem`, `client-key.pem`, and a bearer
+/// `token`); returns the CA and the client identity (certificate and key) as PEM.
+pub fn pki(dir: &std::path::Path) -> (String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    std::fs::create_dir_all(dir).expect("pki dir");
+    // Distinct names: OpenSSL (librdkafka) takes a certificate whose issuer equals its subject
+    // for self-signed and never looks for the CA.
+    let named = |sans: Vec<String>, cn: &str| {
+        let mut p = CertificateParams::new(sans).expect("params");
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p
+    };
+    let mut ca_params = named(Vec::new(), "korvid test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
+    let server_key = KeyPair::generate().expect("key");
+    let server = named(
+        vec!["127.0.0.1".to_string(), "localhost".to_string()],
+        "korvid test server",
+    )
+    .signed_by(&server_key, &ca)
+    .expect("server cert");
+    let client_key = KeyPair::generate().expect("key");
+    let client = named(vec!["kube-apiserver".to_string()], "kube-apiserver")
+        .signed_by(&client_key, &ca)
+        .expect("client cert");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
+    std::fs::write(dir.join("server.pem"), server.pem()).expect("write");
+    std::fs::write(dir.join("server-key.pem"), server_key.serialize_pem()).expect("write");
+    std::fs::write(dir.join("client.pem"), client.pem()).expect("write");
+    std::fs::write(dir.join("client-key.pem"), client_key.serialize_pem()).expect("write");
+    std::fs::write(dir.join("token"), "e2e-token-0123456789abcdef\n").expect("write");
+    (
+        ca.pem(),
+        format!("{}{}", client.pem(), client_key.serialize_pem()),
+    )
+}
+
+/// A TLS terminator in front of a plain TCP service (a Kafka broker): real TLS with a client
+/// certificate required, forwarding bytes both ways. Counts the handshakes that completed.
+pub struct TlsProxy {
+    pub addr: String,
+    handshakes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl TlsProxy {
+    /// Listens on `listen` with `dir`'s `server.pem`/`server-key.pem` (see [`pki`]), trusting
+    /// client certificates signed by `ca.pem`, and forwards to `upstream`.
+    pub async fn start(dir: &Path, listen: &str, upstream: &str) -> TlsProxy {
+        let tls = korvid_common::tls::ServerTlsSettings {
+            cert_file: dir.join("server.pem"),
+            key_file: dir.join("server-key.pem"),
+            client_ca_file: Some(dir.join("ca.pem")),
+        };
+        let config = Arc::new(tls.server_config().expect("TLS server config"));
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .expect("bind the TLS proxy");
+        let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = handshakes.clone();
+        let upstream = upstream.to_string();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, upstream, counted) =
+                    (acceptor.clone(), upstream.clone(), counted.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Ok(mut plain) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                });
+            }
+        });
+        TlsProxy {
+            addr: listen.to_string(),
+            handshakes,
+        }
+    }
+
+    /// TLS handshakes completed so far.
+    pub fn handshakes(&self) -> usize {
+        self.handshakes.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
