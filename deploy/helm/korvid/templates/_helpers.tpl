@@ -1,0 +1,249 @@
+{{/*
+Names. The release name alone when it already says "korvid" (release korvid: korvid-ingest,
+korvid-config, ...), else release-chart.
+*/}}
+{{- define "korvid.name" -}}
+{{- .Values.nameOverride | default .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "korvid.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "korvid.name" . -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels of a component's objects; call with (dict "root" $ "component" "ingest"). */}}
+{{- define "korvid.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "korvid.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "korvid.labels" -}}
+{{ include "korvid.selectorLabels" . }}
+app.kubernetes.io/part-of: korvid
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "korvid.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+{{- end -}}
+
+{{- define "korvid.configName" -}}
+{{- .Values.config.existingSecret | default (printf "%s-config" (include "korvid.fullname" .)) -}}
+{{- end -}}
+
+{{- define "korvid.redactionSecretName" -}}
+{{- .Values.ingest.redactionKey.existingSecret | default (printf "%s-ingest" (include "korvid.fullname" .)) -}}
+{{- end -}}
+
+{{/*
+korvid.toml: what a deployment must get right; config.extraToml adds the rest. Every service
+loads and validates the whole file, so it names no file that only one service mounts.
+*/}}
+{{- define "korvid.toml" -}}
+# Written by the korvid Helm chart. Every setting and its default: deploy/korvid.example.toml.
+data_dir = "/var/lib/korvid"
+
+[kafka]
+bootstrap_servers = {{ required "kafka.bootstrapServers is required" .Values.kafka.bootstrapServers | quote }}
+topic_prefix = {{ .Values.kafka.topicPrefix | quote }}
+group_prefix = {{ .Values.kafka.groupPrefix | quote }}
+create_topics = {{ .Values.kafka.createTopics }}
+partitions = {{ .Values.kafka.partitions | int }}
+replication_factor = {{ .Values.kafka.replicationFactor | int }}
+{{- with .Values.kafka.schemaRegistryUrl }}
+schema_registry_url = {{ . | quote }}
+{{- end }}
+
+[kafka.client]
+{{- range $key, $value := .Values.kafka.client }}
+{{- /* librdkafka takes every property as a string; YAML numbers arrive as floats. */}}
+{{ $key | quote }} = {{ if kindIs "float64" $value }}{{ $value | int64 | toString | quote }}{{ else }}{{ $value | toString | quote }}{{ end }}
+{{- end }}
+
+[telemetry]
+listen = "0.0.0.0:{{ .Values.ports.metrics | int }}"
+log_format = {{ .Values.telemetry.logFormat | quote }}
+log_level = {{ .Values.telemetry.logLevel | quote }}
+{{- with .Values.telemetry.otlpEndpoint }}
+otlp_endpoint = {{ . | quote }}
+{{- end }}
+
+[ingest]
+cluster = {{ .Values.ingest.cluster | quote }}
+
+[ingest.audit_webhook]
+listen = "0.0.0.0:{{ .Values.ports.webhook | int }}"
+path = {{ .Values.ingest.webhook.path | quote }}
+
+[ingest.kubernetes]
+enabled = {{ .Values.ingest.kubernetes.enabled }}
+extra_kinds = [{{ range $i, $kind := .Values.ingest.kubernetes.extraKinds }}{{ if $i }}, {{ end }}{{ $kind | quote }}{{ end }}]
+{{- with .Values.config.extraToml }}
+
+{{ . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+One service's Deployment. Call with a dict:
+  root        $
+  component   ingest, enrich, detect, notify or lake
+  values      the component's values (replicas, resources)
+  replicas    false to leave the count to an autoscaler
+  token       mount the service account token (ingest's watchers only)
+  env, ports, mounts, volumes, strategy   extra YAML, already indented to their place
+*/}}
+{{- define "korvid.deployment" -}}
+{{- $root := .root -}}
+{{- $fullname := include "korvid.fullname" $root -}}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ $fullname }}-{{ .component }}
+  labels:
+    {{- include "korvid.labels" . | nindent 4 }}
+spec:
+  {{- if .replicas }}
+  replicas: {{ .values.replicas | int }}
+  {{- end }}
+  revisionHistoryLimit: 5
+  {{- with .strategy }}
+  strategy:
+    {{- . | nindent 4 }}
+  {{- end }}
+  selector:
+    matchLabels:
+      {{- include "korvid.selectorLabels" . | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "korvid.labels" . | nindent 8 }}
+        {{- with $root.Values.podLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      annotations:
+        {{- if not $root.Values.config.existingSecret }}
+        checksum/config: {{ include "korvid.toml" $root | sha256sum }}
+        {{- end }}
+        {{- if $root.Values.metrics.podAnnotations }}
+        prometheus.io/scrape: "true"
+        prometheus.io/port: {{ $root.Values.ports.metrics | int | quote }}
+        prometheus.io/path: /metrics
+        {{- end }}
+        {{- with $root.Values.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    spec:
+      serviceAccountName: {{ $fullname }}-{{ .component }}
+      automountServiceAccountToken: {{ .token }}
+      terminationGracePeriodSeconds: {{ $root.Values.terminationGracePeriodSeconds | int }}
+      {{- with $root.Values.priorityClassName }}
+      priorityClassName: {{ . }}
+      {{- end }}
+      {{- with $root.Values.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      securityContext:
+        {{- toYaml $root.Values.podSecurityContext | nindent 8 }}
+      {{- with $root.Values.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $root.Values.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $root.Values.affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $root.Values.topologySpreadConstraints }}
+      topologySpreadConstraints:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      containers:
+        - name: korvid
+          image: {{ include "korvid.image" $root }}
+          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          args: [{{ .component | quote }}]
+          env:
+            - name: KORVID_CONFIG
+              value: /etc/korvid/config/korvid.toml
+            {{- with .env }}
+            {{- . | nindent 12 }}
+            {{- end }}
+            {{- with $root.Values.extraEnv }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+          ports:
+            - name: metrics
+              containerPort: {{ $root.Values.ports.metrics | int }}
+              protocol: TCP
+            {{- with .ports }}
+            {{- . | nindent 12 }}
+            {{- end }}
+          livenessProbe:
+            httpGet:
+              path: /healthz
+              port: metrics
+            periodSeconds: 10
+            timeoutSeconds: 3
+            failureThreshold: 3
+          readinessProbe:
+            httpGet:
+              path: /readyz
+              port: metrics
+            periodSeconds: 5
+            timeoutSeconds: 3
+            failureThreshold: 3
+          resources:
+            {{- toYaml .values.resources | nindent 12 }}
+          securityContext:
+            {{- toYaml $root.Values.securityContext | nindent 12 }}
+          volumeMounts:
+            - name: config
+              mountPath: /etc/korvid/config
+              readOnly: true
+            - name: tmp
+              mountPath: /tmp
+            {{- with .mounts }}
+            {{- . | nindent 12 }}
+            {{- end }}
+            {{- with $root.Values.extraVolumeMounts }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+      volumes:
+        - name: config
+          {{- if $root.Values.config.existingSecret }}
+          secret:
+            secretName: {{ $root.Values.config.existingSecret }}
+          {{- else }}
+          configMap:
+            name: {{ include "korvid.configName" $root }}
+          {{- end }}
+        - name: tmp
+          emptyDir:
+            sizeLimit: {{ $root.Values.tmpSizeLimit }}
+        {{- with .volumes }}
+        {{- . | nindent 8 }}
+        {{- end }}
+        {{- with $root.Values.extraVolumes }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+{{- end -}}
