@@ -270,6 +270,119 @@ impl Drop for StopOnDrop {
     }
 }
 
+/// One korvid service process with its own telemetry port.
+pub struct Service {
+    pub name: &'static str,
+    child: Option<Child>,
+    pub log: PathBuf,
+    pub port: u16,
+}
+
+impl Service {
+    pub fn start(cfg: &KorvidConfig, command: &str, name: &'static str) -> Service {
+        let port = free_port();
+        let log = cfg.dir.join(format!("{name}.log"));
+        // Appended to, so a restarted service's log follows its predecessor's.
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_korvid"))
+            .arg("--config")
+            .arg(cfg.config_path())
+            .arg(command)
+            .env("KORVID__KAFKA__BOOTSTRAP_SERVERS", cfg.bootstrap())
+            .env("KORVID__KAFKA__PARTITIONS", "4")
+            .env("KORVID__TELEMETRY__LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out.try_clone().expect("dup")))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("spawn korvid");
+        Service {
+            name,
+            child: Some(child),
+            log,
+            port,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        format!(
+            "--- {} ---\n{}",
+            self.name,
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        )
+    }
+
+    pub async fn ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "{} exited during start-up ({status}):\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            let url = format!("http://127.0.0.1:{}/readyz", self.port);
+            if let Ok(r) = http().get(url).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready:\n{}",
+                self.name,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        let url = format!("http://127.0.0.1:{}/metrics", self.port);
+        let Ok(r) = http().get(url).send().await else {
+            return 0.0;
+        };
+        r.text()
+            .await
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Whether the process is running.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGKILL: no goodbye, no drain, nothing flushed.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("SIGKILL");
+            c.wait().expect("reaped");
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.take() {
+            stop(c);
+        }
+    }
+}
+
 /// SIGTERM, up to 10 s to exit, then SIGKILL.
 pub fn stop(mut c: Child) {
     let _ = Command::new("kill")
