@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use korvid_detect::model::features::{RELATIONS, feature_count};
 use korvid_detect::model::runtime::BUILTIN_MODEL;
-use korvid_detect::model::{BatchOptions, Batcher, Model, RuntimeOptions, WindowGraph};
+use korvid_detect::model::{
+    BatchMetrics, BatchOptions, Batcher, Model, RuntimeOptions, WindowGraph,
+};
 
 /// SplitMix64, for inputs that are the same on every run.
 struct Rng(u64);
@@ -164,6 +166,7 @@ fn main() {
                     workers: 1,
                     ..BatchOptions::default()
                 },
+                BatchMetrics::unregistered(),
             )
             .expect("batcher"),
         );

@@ -2,9 +2,10 @@
 //! subcommand of the `korvid` image as a locked-down non-root user, the shipped korvid.toml
 //! loads through the real settings loader, its listen ports are the ones the Services, probes
 //! and scrape annotations use, the watcher role reads exactly what ingest watches, the API
-//! server's webhook kubeconfig posts to the route ingest serves, and the dashboard queries only
-//! metrics korvid registers. The Helm chart gets the same checks when `helm` is on PATH, and
-//! kustomize's own rendering when `kubectl` is.
+//! server's webhook kubeconfig posts to the route ingest serves, the production overlay's Kafka
+//! security (protocol in the ConfigMap, password and CA from Secrets) reaches every pod, and the
+//! dashboard queries only metrics korvid registers. The Helm chart gets the same checks when
+//! `helm` is on PATH, and kustomize's own rendering when `kubectl` is.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use korvid_common::kafka::KafkaSettings;
+use korvid_common::kafka::{KafkaSettings, SaslMechanism, SecurityProtocol};
 use korvid_common::settings::{SettingsError, Validate};
 use korvid_common::telemetry::TelemetrySettings;
 use korvid_ingest::IngestSettings;
@@ -360,14 +361,8 @@ fn socket(listen: &str, key: &str) -> SocketAddr {
 }
 
 /// korvid.toml as the pod sees it: the file KORVID_CONFIG names, from the ConfigMap mounted
-/// there (or a Secret whose content `external` holds).
-fn config_text(
-    m: &Manifests,
-    pod: &str,
-    spec: &PodSpec,
-    c: &Container,
-    external: &BTreeMap<String, String>,
-) -> String {
+/// there (secrets stay out of it: they come as KORVID__ variables from Secrets).
+fn config_text(m: &Manifests, pod: &str, spec: &PodSpec, c: &Container) -> String {
     let path = c
         .env
         .iter()
@@ -390,37 +385,39 @@ fn config_text(
             .unwrap_or_else(|| panic!("{pod}: ConfigMap {} has no key {key}", source.name))
             .clone();
     }
-    if let Some(source) = &volume.secret {
-        let secret = source.secret_name.clone().unwrap_or_default();
-        return external
-            .get(&secret)
-            .unwrap_or_else(|| panic!("{pod}: korvid.toml is in Secret {secret}, not given"))
-            .clone();
-    }
-    panic!("{pod}: korvid.toml comes from neither a ConfigMap nor a Secret");
+    panic!("{pod}: korvid.toml does not come from a ConfigMap");
 }
 
 /// Loads korvid.toml with the pod's KORVID__ variables through the real loader, and runs the
 /// binary on the same file and variables. A variable naming a file (`..._FILE`) must point
-/// into a mounted Secret or ConfigMap; it is left out here, the file existing only in the pod.
-/// A variable from a Secret key stands in with a placeholder, so its name is still checked.
+/// into a mounted Secret or ConfigMap; here it names a placeholder file instead (the real one
+/// exists only in the pod), so its name and its fit with the other settings are still checked.
+/// A variable from a Secret key stands in with a placeholder value, for the same reason.
 fn load_settings(
     pod: &str,
     text: &str,
     c: &Container,
     mounted: impl Fn(&str) -> bool,
 ) -> DeployedSettings {
+    let dir = tempfile::tempdir().expect("tmp");
     let mut env = Vec::new();
     for var in c.env.iter().flatten() {
         if !var.name.starts_with("KORVID__") {
             continue;
         }
         match &var.value {
-            Some(v) if var.name.ends_with("_FILE") => assert!(
-                mounted(v),
-                "{pod}: {} = {v} is not in a mounted Secret or ConfigMap",
-                var.name
-            ),
+            Some(v) if var.name.ends_with("_FILE") => {
+                assert!(
+                    mounted(v),
+                    "{pod}: {} = {v} is not in a mounted Secret or ConfigMap",
+                    var.name
+                );
+                // Long enough for a bearer token; certificates are parsed only when served.
+                let stand_in = dir.path().join(var.name.to_lowercase());
+                std::fs::write(&stand_in, "placeholder-for-a-mounted-secret-file\n")
+                    .expect("write a placeholder file");
+                env.push((var.name.clone(), stand_in.display().to_string()));
+            }
             Some(v) => env.push((var.name.clone(), v.clone())),
             None => {
                 let from = var
@@ -436,7 +433,6 @@ fn load_settings(
             }
         }
     }
-    let dir = tempfile::tempdir().expect("tmp");
     let file = dir.path().join("korvid.toml");
     std::fs::write(&file, text).expect("write korvid.toml");
     let settings: DeployedSettings = korvid_common::settings::load(Some(&file), env.clone())
@@ -457,7 +453,7 @@ fn load_settings(
     settings
 }
 
-fn pods<'a>(m: &'a Manifests, external: &BTreeMap<String, String>) -> Vec<Pod<'a>> {
+fn pods(m: &Manifests) -> Vec<Pod<'_>> {
     m.deployments
         .iter()
         .map(|d| {
@@ -483,7 +479,7 @@ fn pods<'a>(m: &'a Manifests, external: &BTreeMap<String, String>) -> Vec<Pod<'a
             );
             let args = c.args.clone().unwrap_or_default();
             assert_eq!(args.len(), 1, "{dname}: args are one subcommand: {args:?}");
-            let text = config_text(m, &dname, spec, c, external);
+            let text = config_text(m, &dname, spec, c);
             let mounted = |p: &str| {
                 volume_holding(spec, c, p).is_some_and(|(v, inside)| {
                     !inside.is_empty() && (v.secret.is_some() || v.config_map.is_some())
@@ -917,9 +913,125 @@ fn check_disruption_budgets(m: &Manifests, pods: &[Pod<'_>]) {
     }
 }
 
+/// Every pod talks to Kafka the same way, and its credentials come from Secrets, never from a
+/// ConfigMap: the SASL password is a Secret key (`KORVID__KAFKA__SECURITY__PASSWORD`) or a file
+/// in a mounted Secret, and so is a client key; CA and certificate files are mounted.
+fn check_kafka_security(m: &Manifests, pods: &[Pod<'_>]) {
+    let origin = &m.origin;
+    for map in &m.config_maps {
+        for (key, text) in map.data.iter().flatten() {
+            let secret = text.lines().map(str::trim_start).find(|l| {
+                l.starts_with("password ")
+                    || l.starts_with("password=")
+                    || l.starts_with("\"sasl.password\"")
+            });
+            assert!(
+                secret.is_none(),
+                "{origin}: ConfigMap {} {key} holds a password: {secret:?}",
+                name(&map.metadata)
+            );
+        }
+    }
+    let Some(first) = pods.first() else { return };
+    let way = |p: &Pod<'_>| {
+        let s = &p.settings.kafka.security;
+        (
+            s.protocol,
+            s.sasl_mechanism,
+            s.username.clone(),
+            s.password.is_some() || s.password_file.is_some(),
+            s.ca_file.is_some(),
+            s.cert_file.is_some(),
+        )
+    };
+    for p in pods {
+        let n = &p.name;
+        assert_eq!(
+            way(p),
+            way(first),
+            "{origin}: {n} and {} talk to Kafka differently",
+            first.name
+        );
+        let s = &p.settings.kafka.security;
+        if s.password.is_some() {
+            let from_secret = p
+                .container
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == "KORVID__KAFKA__SECURITY__PASSWORD")
+                .and_then(|e| e.value_from.as_ref())
+                .is_some_and(|f| f.secret_key_ref.is_some());
+            assert!(
+                from_secret,
+                "{origin}: {n}: the Kafka password is not taken from a Secret"
+            );
+        }
+        for (key, file, secret_only) in [
+            ("password_file", &s.password_file, true),
+            ("ca_file", &s.ca_file, false),
+            ("cert_file", &s.cert_file, false),
+            ("key_file", &s.key_file, true),
+        ] {
+            if file.is_none() {
+                continue;
+            }
+            let var = format!("KORVID__KAFKA__SECURITY__{}", key.to_uppercase());
+            let path = p.env(&var).unwrap_or_else(|| {
+                panic!("{origin}: {n}: kafka.security.{key} is not given by {var}")
+            });
+            let (volume, _) = volume_holding(p.spec, p.container, &path)
+                .unwrap_or_else(|| panic!("{origin}: {n}: {path} is not mounted"));
+            assert!(
+                volume.secret.is_some() || (!secret_only && volume.config_map.is_some()),
+                "{origin}: {n}: {var} = {path} is not in a mounted Secret"
+            );
+        }
+        s.properties().unwrap_or_else(|e| {
+            panic!("{origin}: {n}: no librdkafka properties from [kafka.security]: {e}")
+        });
+    }
+}
+
+/// The production overlay's Kafka: SASL/SCRAM over TLS in every pod, with the password and the
+/// brokers' CA from Secrets, as librdkafka will be given them.
+fn check_production_kafka(pods: &[Pod<'_>], origin: &str) {
+    assert_eq!(pods.len(), SERVICES.len(), "{origin}: every service");
+    for p in pods {
+        let n = &p.name;
+        let s = &p.settings.kafka.security;
+        assert_eq!(s.protocol, SecurityProtocol::SaslSsl, "{origin}: {n}");
+        assert_eq!(
+            s.sasl_mechanism,
+            Some(SaslMechanism::ScramSha512),
+            "{origin}: {n}"
+        );
+        assert!(s.ca_file.is_some(), "{origin}: {n}: no CA for the brokers");
+        let props: BTreeMap<&str, String> = s
+            .properties()
+            .expect("checked by check_kafka_security")
+            .into_iter()
+            .collect();
+        assert_eq!(props["security.protocol"], "sasl_ssl", "{origin}: {n}");
+        assert_eq!(
+            props.get("sasl.username").map(String::as_str),
+            s.username.as_deref(),
+            "{origin}: {n}"
+        );
+        assert!(
+            !props["sasl.password"].is_empty(),
+            "{origin}: {n}: no password reaches librdkafka"
+        );
+        assert!(
+            props.contains_key("ssl.ca.location"),
+            "{origin}: {n}: the CA does not reach librdkafka"
+        );
+    }
+}
+
 /// Every check above, for one rendering.
-fn check_rendering(m: &Manifests, external: &BTreeMap<String, String>) {
-    let pods = pods(m, external);
+fn check_rendering(m: &Manifests) -> Vec<Pod<'_>> {
+    let pods = pods(m);
     check_services_run(&pods, &m.origin);
     for p in &pods {
         check_locked_down(p);
@@ -933,9 +1045,11 @@ fn check_rendering(m: &Manifests, external: &BTreeMap<String, String>) {
     check_services(m, &pods);
     check_autoscaler(m, &pods);
     check_disruption_budgets(m, &pods);
+    check_kafka_security(m, &pods);
     for r in &m.cluster_roles {
         check_read_only(&r.rules.clone().unwrap_or_default(), &m.origin);
     }
+    pods
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -946,7 +1060,7 @@ fn the_kustomize_base_agrees_with_the_code() {
     let base = kustomize_base();
     assert_eq!(base.namespaces.len(), 1, "the base creates its namespace");
     assert_eq!(name(&base.namespaces[0].metadata), base.namespace);
-    check_rendering(&base, &BTreeMap::new());
+    check_rendering(&base);
     // README, ingest's 403 message and ingest/tests/rbac.rs name deploy/rbac.yaml.
     assert_eq!(
         read(&repo().join("deploy/kustomize/base/rbac.yaml")),
@@ -958,7 +1072,7 @@ fn the_kustomize_base_agrees_with_the_code() {
 #[test]
 fn the_audit_webhook_kubeconfig_posts_to_the_route_ingest_serves() {
     let base = kustomize_base();
-    let pods = pods(&base, &BTreeMap::new());
+    let pods = pods(&base);
     let reach = check_services(&base, &pods);
     let ingest = pods
         .iter()
@@ -1017,18 +1131,98 @@ fn kustomize_renders_the_base_and_the_production_overlay() {
         files.identities(),
         "kustomize renders the listed files"
     );
-    check_rendering(&base, &BTreeMap::new());
+    check_rendering(&base);
 
     let dir = "deploy/kustomize/overlays/production";
     let rendered = tool_output("kubectl", &["kustomize", dir]).expect("kubectl ran before");
     let mut overlay = Manifests::new(dir, &files.namespace);
     overlay.add(&rendered, dir);
-    // The overlay mounts korvid.toml from a Secret (kafka-sasl.yaml) made from its template.
-    let template = read(&repo().join(dir).join("korvid.toml"));
-    check_rendering(
-        &overlay,
-        &BTreeMap::from([("korvid-config".to_string(), template)]),
+    let pods = check_rendering(&overlay);
+    check_production_kafka(&pods, dir);
+}
+
+/// The production overlay's Kafka security without kubectl: the base with the overlay's
+/// korvid.toml in the ConfigMap (its configMapGenerator replaces the base's) and kafka-sasl.yaml
+/// merged into every Deployment as kustomize merges those lists (env by name, mounts by path,
+/// volumes by name). `kustomize_renders_the_base_and_the_production_overlay` checks kustomize's
+/// own rendering where kubectl is installed.
+#[test]
+fn the_production_overlay_takes_kafka_credentials_from_secrets() {
+    let dir = repo().join("deploy/kustomize/overlays/production");
+    let k = yaml(&read(&dir.join("kustomization.yaml")), "kustomization.yaml");
+    let generated = k["configMapGenerator"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .any(|g| {
+            g["name"].as_str() == Some("korvid-config")
+                && g["behavior"].as_str() == Some("replace")
+                && g["files"]
+                    .as_sequence()
+                    .is_some_and(|f| f.iter().any(|f| f.as_str() == Some("korvid.toml")))
+        });
+    assert!(
+        generated,
+        "the overlay replaces korvid-config with its korvid.toml"
     );
+    let patched = k["patches"].as_sequence().into_iter().flatten().any(|p| {
+        p["path"].as_str() == Some("kafka-sasl.yaml")
+            && p["target"]["kind"].as_str() == Some("Deployment")
+            && p["target"]["name"].is_null()
+    });
+    assert!(patched, "kafka-sasl.yaml patches every Deployment");
+
+    let mut overlay = kustomize_base();
+    overlay.origin = "deploy/kustomize/overlays/production (korvid.toml, kafka-sasl.yaml)".into();
+    let config = overlay
+        .config_maps
+        .iter_mut()
+        .find(|c| name(&c.metadata) == "korvid-config")
+        .expect("the base's ConfigMap");
+    config
+        .data
+        .get_or_insert_with(BTreeMap::new)
+        .insert("korvid.toml".into(), read(&dir.join("korvid.toml")));
+    let patch = yaml(&read(&dir.join("kafka-sasl.yaml")), "kafka-sasl.yaml");
+    let pod = &patch["spec"]["template"]["spec"];
+    let containers: Vec<Container> = typed(pod["containers"].clone(), "kafka-sasl.yaml containers");
+    let volumes: Vec<Volume> = typed(pod["volumes"].clone(), "kafka-sasl.yaml volumes");
+    for d in &mut overlay.deployments {
+        let spec = d.spec.template.spec.as_mut().expect("pod spec");
+        for patch in &containers {
+            let c = spec
+                .containers
+                .iter_mut()
+                .find(|c| c.name == patch.name)
+                .unwrap_or_else(|| panic!("kafka-sasl.yaml: no container {}", patch.name));
+            merge_by(&mut c.env, patch.env.iter().flatten(), |e| e.name.clone());
+            merge_by(
+                &mut c.volume_mounts,
+                patch.volume_mounts.iter().flatten(),
+                |m| m.mount_path.clone(),
+            );
+        }
+        merge_by(&mut spec.volumes, &volumes, |v| v.name.clone());
+    }
+    let pods = pods(&overlay);
+    check_kafka_security(&overlay, &pods);
+    check_production_kafka(&pods, &overlay.origin);
+}
+
+/// A strategic merge of one list: items with the key of an existing one replace it, others
+/// are added.
+fn merge_by<'a, T: Clone + 'a>(
+    into: &mut Option<Vec<T>>,
+    from: impl IntoIterator<Item = &'a T>,
+    key: impl Fn(&T) -> String,
+) {
+    let list = into.get_or_insert_with(Vec::new);
+    for item in from {
+        match list.iter_mut().find(|x| key(x) == key(item)) {
+            Some(slot) => *slot = item.clone(),
+            None => list.push(item.clone()),
+        }
+    }
 }
 
 #[test]
@@ -1099,7 +1293,34 @@ fn the_helm_chart_agrees_with_the_code() {
     };
     let mut m = Manifests::new("helm template deploy/helm/korvid", "korvid");
     m.add(&rendered, "helm template deploy/helm/korvid");
-    check_rendering(&m, &BTreeMap::new());
+    check_rendering(&m);
+
+    // Kafka over SASL_SSL with mutual TLS, every secret from a Secret.
+    let mut args = vec!["template", "korvid", &chart_dir, "--namespace", "korvid"];
+    for set in [
+        "kafka.security.protocol=sasl_ssl",
+        "kafka.security.saslMechanism=SCRAM-SHA-512",
+        "kafka.security.username=korvid",
+        "kafka.security.passwordSecret=korvid-kafka",
+        "kafka.security.caSecret=korvid-kafka-ca",
+        "kafka.security.clientCertSecret=korvid-kafka-client",
+    ] {
+        args.extend(["--set", set]);
+    }
+    let rendered = tool_output("helm", &args).expect("helm ran before");
+    let origin = "helm template deploy/helm/korvid (kafka.security: sasl_ssl)";
+    let mut m = Manifests::new(origin, "korvid");
+    m.add(&rendered, origin);
+    let pods = check_rendering(&m);
+    check_production_kafka(&pods, origin);
+    for p in &pods {
+        let s = &p.settings.kafka.security;
+        assert!(
+            s.cert_file.is_some() && s.key_file.is_some(),
+            "{origin}: {}: no client certificate",
+            p.name
+        );
+    }
 }
 
 #[test]

@@ -20,6 +20,7 @@ use korvid_schemas::codec::{CodecError, Decoder, Framing, Record, encode};
 use korvid_schemas::registry::{RegistryAuth, SchemaRegistryClient};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -29,6 +30,7 @@ use rdkafka::consumer::{
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, TopicPartitionList};
 use serde::Deserialize;
@@ -463,12 +465,17 @@ fn kafka(op: &'static str) -> impl FnOnce(KafkaError) -> KafkaClientError {
     move |source| KafkaClientError::Kafka { op, source }
 }
 
+/// How often librdkafka reports a consumer's statistics (its lag among them).
+const STATISTICS_INTERVAL_MS: &str = "5000";
+
 /// Kafka client counters.
 #[derive(Clone)]
 struct KafkaMetrics {
     produced: Family<Vec<(String, String)>, Counter>,
     produce_errors: Family<Vec<(String, String)>, Counter>,
     deadletters: Family<Vec<(String, String)>, Counter>,
+    /// Messages not yet committed, by consumer group and topic.
+    consumer_lag: Family<Vec<(String, String)>, Gauge>,
     /// Per-topic counters looked up without allocating: (produced, errors).
     by_topic: Arc<std::sync::RwLock<std::collections::HashMap<String, (Counter, Counter)>>>,
 }
@@ -548,6 +555,12 @@ impl KafkaContext {
             deadletters: telemetry.register(
                 "deadletters",
                 "Inputs sent to the dead-letter topic, by stage and error kind",
+                Family::default(),
+            ),
+            consumer_lag: telemetry.register(
+                "kafka_consumer_lag",
+                "Messages behind the partitions' ends (from the committed offsets), summed over \
+                 the partitions this instance is assigned, by consumer group and topic",
                 Family::default(),
             ),
             by_topic: Arc::default(),
@@ -708,13 +721,17 @@ impl KafkaContext {
             // Alerts are latency-sensitive and volumes per hop are modest: do not let an idle
             // fetch sit at the broker for librdkafka's default 500 ms.
             .set("fetch.wait.max.ms", "100")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // Statistics carry each partition's lag (RebalanceContext::stats).
+            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
         let (tx, rx) = std::sync::mpsc::channel();
         let (assigned_tx, assigned_rx) = std::sync::mpsc::channel();
         let consumer: StreamConsumer<RebalanceContext> = cfg
             .create_with_context(RebalanceContext {
                 revoked: tx,
                 assigned: assigned_tx,
+                group: group.to_string(),
+                lag: self.metrics.consumer_lag.clone(),
             })
             .map_err(kafka("create consumer"))?;
         consumer.subscribe(topics).map_err(kafka("subscribe"))?;
@@ -1170,14 +1187,50 @@ impl DeadLetters {
     }
 }
 
-/// Consumer context: commits stored offsets before partitions are taken away and tells the
-/// service which partitions it lost, so it can drop state it will never complete.
+/// Consumer context: commits stored offsets before partitions are taken away, tells the
+/// service which partitions it lost, so it can drop state it will never complete, and turns
+/// librdkafka's statistics into the consumer lag gauge.
 pub struct RebalanceContext {
     revoked: std::sync::mpsc::Sender<Vec<(String, i32)>>,
     assigned: std::sync::mpsc::Sender<Vec<(String, i32)>>,
+    group: String,
+    lag: Family<Vec<(String, String)>, Gauge>,
 }
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, lag) in consumer_lag(&statistics) {
+            self.lag
+                .get_or_create(&vec![
+                    ("group".into(), self.group.clone()),
+                    ("topic".into(), topic),
+                ])
+                .set(lag);
+        }
+    }
+}
+
+/// Per topic, the lag summed over the partitions being fetched (assigned to this consumer);
+/// partitions whose lag librdkafka does not know yet (-1: nothing committed) count as 0.
+fn consumer_lag(statistics: &Statistics) -> Vec<(String, i64)> {
+    statistics
+        .topics
+        .iter()
+        .map(|(topic, t)| {
+            let lag = t
+                .partitions
+                .values()
+                .filter(|p| {
+                    // -1 is librdkafka's internal unassigned partition.
+                    p.partition >= 0
+                        && !matches!(p.fetch_state.as_str(), "none" | "stopping" | "stopped")
+                })
+                .map(|p| p.consumer_lag.max(0))
+                .sum();
+            (topic.clone(), lag)
+        })
+        .collect()
+}
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -1473,6 +1526,46 @@ mod tests {
             let made: Result<rdkafka::producer::BaseProducer, _> = cfg.create();
             assert!(made.is_ok(), "{:?}", made.err());
         }
+    }
+
+    #[test]
+    fn consumer_lag_sums_the_assigned_partitions_known_lag() {
+        use rdkafka::statistics::{Partition, Topic};
+        let part = |partition: i32, fetch_state: &str, consumer_lag: i64| Partition {
+            partition,
+            fetch_state: fetch_state.into(),
+            consumer_lag,
+            ..Default::default()
+        };
+        let topic = |parts: Vec<Partition>| Topic {
+            partitions: parts.into_iter().map(|p| (p.partition, p)).collect(),
+            ..Default::default()
+        };
+        let stats = Statistics {
+            topics: [
+                (
+                    "korvid.k8s.audit.v1".to_string(),
+                    topic(vec![
+                        part(0, "active", 7),
+                        part(1, "active", -1),
+                        part(2, "offset-query", 3),
+                        part(3, "stopped", 100),
+                        part(4, "none", 100),
+                        part(-1, "none", 50),
+                    ]),
+                ),
+                ("korvid.k8s.events.v1".to_string(), topic(vec![])),
+            ]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        };
+        let lag: BTreeMap<String, i64> = consumer_lag(&stats).into_iter().collect();
+        assert_eq!(lag["korvid.k8s.audit.v1"], 10, "assigned and known only");
+        assert_eq!(
+            lag["korvid.k8s.events.v1"], 0,
+            "a topic with nothing assigned"
+        );
     }
 
     #[test]

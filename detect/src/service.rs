@@ -8,6 +8,7 @@ use korvid_common::kafka::KafkaClientError;
 use korvid_schemas::GraphWindow;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tracing::Instrument as _;
 
 use crate::engine::{Evaluation, RuleEngine};
@@ -74,7 +75,19 @@ pub async fn engine_from(settings: &DetectSettings) -> Result<RuleEngine, Detect
 pub async fn run(settings: DetectSettings, ctx: ServiceContext) -> Result<(), DetectError> {
     ctx.telemetry.declare(COMPONENT);
     let engine = engine_from(&settings).await?;
-    let model = crate::model::start(&settings.model)?;
+    let t = &ctx.telemetry;
+    let model_metrics = crate::model::BatchMetrics::unregistered();
+    t.register(
+        "detect_model_batch_graphs",
+        "Window graphs per graph-model inference run",
+        model_metrics.graphs.clone(),
+    );
+    t.register(
+        "detect_model_batch_seconds",
+        "Seconds per graph-model inference run (one batch of graphs)",
+        model_metrics.seconds.clone(),
+    );
+    let model = crate::model::start(&settings.model, model_metrics)?;
     let exceptions = match &settings.exceptions {
         Some(path) => Exceptions::load(path)?,
         None => Exceptions::default(),
@@ -87,7 +100,6 @@ pub async fn run(settings: DetectSettings, ctx: ServiceContext) -> Result<(), De
     let producer = ctx.kafka.producer()?;
     let dead_letters = ctx.kafka.dead_letters(producer.clone());
     let mut decoder = ctx.kafka.decoder::<GraphWindow>();
-    let t = &ctx.telemetry;
     let windows: Counter = t.register(
         "detect_windows",
         "Graph windows evaluated",
@@ -127,6 +139,12 @@ pub async fn run(settings: DetectSettings, ctx: ServiceContext) -> Result<(), De
         "detect_model_windows",
         "Window graphs scored by the graph model",
         Counter::default(),
+    );
+    // 1 ms .. 16 s.
+    let window_seconds: Histogram = t.register(
+        "detect_window_seconds",
+        "Seconds the rule catalog took to evaluate one window (tables loaded, every rule run)",
+        Histogram::new(exponential_buckets(0.001, 2.0, 15)),
     );
     ctx.telemetry.set_ready(COMPONENT, true);
 
@@ -168,12 +186,17 @@ pub async fn run(settings: DetectSettings, ctx: ServiceContext) -> Result<(), De
                 continue;
             };
             let evaluated = match decoder.decode(bytes).await {
-                Ok(window) => engine
-                    .evaluate(&window, korvid_common::now_millis())
-                    .instrument(span.clone())
-                    .await
-                    .map(|eval| (window, eval))
-                    .map_err(|e| (e.to_string(), "bad_window")),
+                Ok(window) => {
+                    let started = std::time::Instant::now();
+                    let evaluation = engine
+                        .evaluate(&window, korvid_common::now_millis())
+                        .instrument(span.clone())
+                        .await;
+                    window_seconds.observe(started.elapsed().as_secs_f64());
+                    evaluation
+                        .map(|eval| (window, eval))
+                        .map_err(|e| (e.to_string(), "bad_window"))
+                }
                 Err(e) => Err((e.to_string(), e.kind())),
             };
             results.push(Some(evaluated));

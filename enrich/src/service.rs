@@ -11,6 +11,7 @@ use korvid_common::kafka::{
 use korvid_schemas::{AuditEvent, GraphWindow, KubeEvent};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tracing::Instrument as _;
 
 use crate::settings::EnrichSettings;
@@ -38,6 +39,10 @@ struct Metrics {
     duplicates: Counter,
     windows: Counter,
     buffered: Gauge,
+    /// Publication (wall clock) minus the window's end (event time).
+    latency: Histogram,
+    /// Building a window's tables.
+    build: Histogram,
 }
 
 struct Enricher {
@@ -88,6 +93,20 @@ pub async fn run(settings: EnrichSettings, ctx: ServiceContext) -> Result<(), En
             "enrich_buffered_events",
             "Events held in open windows",
             Gauge::default(),
+        ),
+        // 50 ms .. 51 s: a window waits its size, the allowed lateness and the idle flush.
+        latency: t.register(
+            "enrich_window_latency_seconds",
+            "Seconds from a window's end (event time) to its publication (wall clock): how long \
+             its events waited for it, lateness included",
+            Histogram::new(exponential_buckets(0.05, 2.0, 11)),
+        ),
+        // 1 ms .. 16 s.
+        build: t.register(
+            "enrich_window_build_seconds",
+            "Seconds spent building a window's graph tables (inventory neighbourhood and \
+             aggregation)",
+            Histogram::new(exponential_buckets(0.001, 2.0, 15)),
         ),
     };
     let inventories = Inventories::default();
@@ -242,14 +261,16 @@ impl Enricher {
             } else {
                 namespace
             };
+            let building = Instant::now();
             let around = self
                 .inventories
                 .around(&w.cluster, namespace, &touched_ids(&w.events));
-            let records = match self
+            let built = self
                 .aggregator
                 .graph_windows(&w, around.as_ref(), self.max_nodes)
-                .await
-            {
+                .await;
+            self.metrics.build.observe(building.elapsed().as_secs_f64());
+            let records = match built {
                 Ok(r) => r,
                 Err(err) => {
                     // A bug, not bad input: keep the evidence and move on.
@@ -292,6 +313,9 @@ impl Enricher {
             // Offsets move only once every part is in Kafka; a replay rebuilds the same ids.
             if all_published {
                 self.windows.published(&w.offsets);
+                // A window published before its end (idle flush) kept nobody waiting.
+                let waited_ms = (korvid_common::now_millis() - w.end).max(0);
+                self.metrics.latency.observe(waited_ms as f64 / 1000.0);
             }
         }
     }

@@ -13,6 +13,7 @@ use korvid_schemas::codec::Decoder;
 use korvid_schemas::{Alert, DedupState, Finding};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
@@ -84,6 +85,8 @@ impl TimerClock {
 struct Metrics {
     decisions: Family<Vec<(String, String)>, Counter>,
     notifications: Family<Vec<(String, String)>, Counter>,
+    /// An alert's first hand-over to its sinks minus the opening finding's event time.
+    event_to_alert: Histogram,
 }
 
 impl Metrics {
@@ -99,6 +102,33 @@ struct Dispatcher {
     policy: Policy,
     sinks: HashMap<String, SinkHandle>,
     traces: AlertTraces,
+    openings: Openings,
+}
+
+/// The event time of the finding that opened each alert episode, until the alert is first
+/// handed to its sinks (in memory only: an episode opened before a restart is not timed).
+#[derive(Default)]
+struct Openings(std::sync::Mutex<HashMap<String, i64>>);
+
+impl Openings {
+    fn opened(&self, fingerprint: &str, event_time: i64) {
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if m.len() >= MAX_TRACED_ALERTS && !m.contains_key(fingerprint) {
+            m.clear();
+        }
+        m.insert(fingerprint.to_string(), event_time);
+    }
+
+    /// The opening finding's event time, forgotten once asked for.
+    fn take(&self, fingerprint: &str) -> Option<i64> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(fingerprint)
+    }
 }
 
 /// The trace context of each open alert's latest finding, so the notification continues the
@@ -140,14 +170,33 @@ impl AlertTraces {
 impl Dispatcher {
     fn dispatch(&self, flush: &Flush, metrics: &Metrics) {
         let mut per_sink: HashMap<&str, Vec<(Alert, Change)>> = HashMap::new();
+        let now = korvid_common::now_millis();
         for (alert, change) in &flush.alerts {
+            let mut routed = false;
             for sink in self.policy.sinks_for_alert(alert) {
                 if let Some((name, _)) = self.sinks.get_key_value(&sink) {
+                    routed = true;
                     per_sink
                         .entry(name.as_str())
                         .or_default()
                         .push((alert.clone(), *change));
                 }
+            }
+            match change {
+                // A new alert goes to every sink it is routed to, whatever their shape: this
+                // is its first hand-over.
+                Change::New => {
+                    if let Some(event_time) = self.openings.take(&alert.fingerprint)
+                        && routed
+                    {
+                        let waited_ms = (now - event_time).max(0);
+                        metrics.event_to_alert.observe(waited_ms as f64 / 1000.0);
+                    }
+                }
+                Change::Resolved => {
+                    self.openings.take(&alert.fingerprint);
+                }
+                Change::Repeat | Change::Unchanged => {}
             }
         }
         for (name, alerts) in per_sink {
@@ -249,6 +298,11 @@ pub async fn run(settings: NotifySettings, ctx: ServiceContext) -> Result<(), No
         "1 while a sink's circuit breaker is open",
         sink_metrics.breaker_open.clone(),
     );
+    t.register(
+        "notify_sink_delivery_seconds",
+        "Seconds per request to a sink (every attempt, whatever its outcome), by sink",
+        sink_metrics.delivery_seconds.clone(),
+    );
     let metrics = Metrics {
         decisions: t.register(
             "notify_findings",
@@ -259,6 +313,13 @@ pub async fn run(settings: NotifySettings, ctx: ServiceContext) -> Result<(), No
             "notify_notifications",
             "Notifications handed to sinks, by sink",
             Family::default(),
+        ),
+        // 100 ms .. 410 s: windowing, detection and group_wait (1 s by default) add up.
+        event_to_alert: t.register(
+            "notify_event_to_alert_seconds",
+            "Seconds from the event time of the finding that opened an alert to the alert's \
+             first hand-over to its sinks",
+            Histogram::new(exponential_buckets(0.1, 2.0, 13)),
         ),
     };
 
@@ -287,6 +348,7 @@ pub async fn run(settings: NotifySettings, ctx: ServiceContext) -> Result<(), No
         policy,
         sinks: handles,
         traces: AlertTraces::default(),
+        openings: Openings::default(),
     };
 
     // What earlier runs (or other instances) already notified; adopted per partition once the
@@ -595,6 +657,11 @@ impl Loop<'_> {
             && let Some(tp) = korvid_common::trace_context::current()
         {
             self.dispatcher.traces.remember(&f.fingerprint, tp);
+        }
+        if matches!(observed, Observed::New(_)) {
+            self.dispatcher
+                .openings
+                .opened(&f.fingerprint, f.event_time);
         }
         self.metrics.decision(match observed {
             Observed::Replay => "replay",

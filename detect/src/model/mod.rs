@@ -11,7 +11,7 @@ pub mod runtime;
 
 pub use features::{WindowGraph, window_graph};
 pub use fusion::{FusionOutcome, fuse};
-pub use runtime::{BatchOptions, Batcher, Model, ModelError, RuntimeOptions, Scores};
+pub use runtime::{BatchMetrics, BatchOptions, Batcher, Model, ModelError, RuntimeOptions, Scores};
 
 use std::time::Duration;
 
@@ -19,7 +19,10 @@ use crate::settings::{ModelMode, ModelSettings};
 
 /// Starts the model as `[detect.model]` says: `None` when it is off, or (mode `auto`) when
 /// ONNX Runtime is not installed, which is logged once with what to do.
-pub fn start(settings: &ModelSettings) -> Result<Option<Batcher>, ModelError> {
+pub fn start(
+    settings: &ModelSettings,
+    metrics: BatchMetrics,
+) -> Result<Option<Batcher>, ModelError> {
     if settings.mode == ModelMode::Off {
         return Ok(None);
     }
@@ -39,7 +42,7 @@ pub fn start(settings: &ModelSettings) -> Result<Option<Batcher>, ModelError> {
         max_delay: Duration::from_millis(settings.max_delay_ms),
         workers: settings.workers,
     };
-    match Batcher::start(&bytes, &runtime, batching) {
+    match Batcher::start(&bytes, &runtime, batching, metrics) {
         Ok(mut b) => {
             b.override_thresholds(settings.fusion_low, settings.fusion_high);
             tracing::info!(

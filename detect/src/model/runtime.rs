@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use ort::session::Session;
 use ort::value::Tensor;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use sha2::Digest as _;
 
 use super::features::{FEATURE_VERSION, WindowGraph, feature_count, feature_names};
@@ -269,6 +270,30 @@ impl Default for BatchOptions {
     }
 }
 
+/// What the inference threads report: graphs per batch and how long each batch ran.
+#[derive(Debug, Clone)]
+pub struct BatchMetrics {
+    /// Graphs per inference run (1 .. 512).
+    pub graphs: Histogram,
+    /// Seconds per inference run (1 ms .. 16 s).
+    pub seconds: Histogram,
+}
+
+impl BatchMetrics {
+    /// Histograms nobody reads until registered (benchmarks, tools).
+    pub fn unregistered() -> Self {
+        BatchMetrics {
+            graphs: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+        }
+    }
+
+    fn observe(&self, graphs: usize, took: Duration) {
+        self.graphs.observe(graphs as f64);
+        self.seconds.observe(took.as_secs_f64());
+    }
+}
+
 struct Job {
     graph: Arc<WindowGraph>,
     reply: tokio::sync::oneshot::Sender<Result<Scores, ModelError>>,
@@ -282,11 +307,12 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Loads one session per worker and starts the workers.
+    /// Loads one session per worker and starts the workers, which report to `metrics`.
     pub fn start(
         model: &[u8],
         runtime: &RuntimeOptions,
         batching: BatchOptions,
+        metrics: BatchMetrics,
     ) -> Result<Batcher, ModelError> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(batching.max_graphs.max(1) * 4);
         let rx = Arc::new(Mutex::new(rx));
@@ -295,10 +321,10 @@ impl Batcher {
         for i in 0..batching.workers.max(1) {
             let session = Model::load(model, runtime)?;
             info.get_or_insert_with(|| session.info().clone());
-            let (rx, batching) = (rx.clone(), batching.clone());
+            let (rx, batching, metrics) = (rx.clone(), batching.clone(), metrics.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("korvid-model-{i}"))
-                .spawn(move || serve(session, &rx, &batching))
+                .spawn(move || serve(session, &rx, &batching, &metrics))
                 .map_err(|e| ModelError::Runtime(format!("starting an inference thread: {e}")))?;
             threads.push(handle);
         }
@@ -348,7 +374,7 @@ impl Drop for Batcher {
 
 /// A worker: takes a first graph, waits up to `max_delay` for more within the budgets, runs
 /// the batch, answers each caller.
-fn serve(mut model: Model, jobs: &Mutex<Receiver<Job>>, b: &BatchOptions) {
+fn serve(mut model: Model, jobs: &Mutex<Receiver<Job>>, b: &BatchOptions, metrics: &BatchMetrics) {
     loop {
         let batch = {
             let Ok(rx) = jobs.lock() else { return };
@@ -369,7 +395,10 @@ fn serve(mut model: Model, jobs: &Mutex<Receiver<Job>>, b: &BatchOptions) {
             batch
         };
         let graphs: Vec<&WindowGraph> = batch.iter().map(|j| j.graph.as_ref()).collect();
-        match model.run(&graphs) {
+        let started = Instant::now();
+        let result = model.run(&graphs);
+        metrics.observe(graphs.len(), started.elapsed());
+        match result {
             Ok(scores) => {
                 for (job, s) in batch.into_iter().zip(scores) {
                     let _ = job.reply.send(Ok(s));

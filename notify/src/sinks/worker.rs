@@ -14,6 +14,7 @@ use korvid_schemas::Alert;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -121,8 +122,11 @@ pub struct Undelivered {
     pub alerts: Vec<Alert>,
 }
 
+/// Histograms by sink, each made with the same buckets.
+pub type SinkHistograms = Family<Vec<(String, String)>, Histogram, fn() -> Histogram>;
+
 /// Per-sink metrics, shared by all workers (labels: sink and result).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct SinkMetrics {
     /// Requests by sink and result (`ok`, `retry`, `refused`).
     pub requests: Family<Vec<(String, String)>, Counter>,
@@ -132,6 +136,25 @@ pub struct SinkMetrics {
     pub queued: Family<Vec<(String, String)>, Gauge>,
     /// 1 while the sink's breaker is open.
     pub breaker_open: Family<Vec<(String, String)>, Gauge>,
+    /// Seconds per request (every attempt, whatever its outcome), by sink.
+    pub delivery_seconds: SinkHistograms,
+}
+
+impl Default for SinkMetrics {
+    fn default() -> Self {
+        SinkMetrics {
+            requests: Family::default(),
+            alerts: Family::default(),
+            queued: Family::default(),
+            breaker_open: Family::default(),
+            delivery_seconds: Family::new_with_constructor(delivery_histogram),
+        }
+    }
+}
+
+/// 5 ms .. 41 s: a sink's request takes at most its `timeout_ms` (10 s by default).
+fn delivery_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
 }
 
 impl SinkMetrics {
@@ -233,8 +256,12 @@ pub fn spawn(
         undelivered: undelivered.clone(),
         queued: queued.clone(),
     };
+    let delivery_seconds = metrics
+        .delivery_seconds
+        .get_or_create_owned(&vec![("sink".into(), name.clone())]);
     let worker = Worker {
         breaker_open: SinkMetrics::gauge(&metrics.breaker_open, &name),
+        delivery_seconds,
         sink,
         limiter: RateLimiter::new(settings.rate_per_second, settings.burst),
         breaker: Breaker::default(),
@@ -258,6 +285,7 @@ struct Worker {
     breaker: Breaker,
     queued: Gauge,
     breaker_open: Gauge,
+    delivery_seconds: Histogram,
     hurry: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -350,7 +378,10 @@ impl Worker {
                 continue;
             }
             attempt += 1;
+            let started = Instant::now();
             let result = self.sink.send(&delivery).await;
+            self.delivery_seconds
+                .observe(started.elapsed().as_secs_f64());
             // The gauge shows the breaker open (or probing) from the failure that tripped it
             // until a request goes through.
             let failed = matches!(result, Err(SendError::Retryable { .. }));
@@ -571,6 +602,14 @@ mod tests {
         join.await.expect("worker ends");
         assert_eq!(sink.calls.load(Ordering::SeqCst), 8);
         assert!(dl_rx.try_recv().is_err(), "nothing dead-lettered");
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("delivery_seconds", "", metrics.delivery_seconds.clone());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(
+            text.contains("delivery_seconds_count{sink=\"flaky\"} 8\n"),
+            "every attempt is timed: {text}"
+        );
     }
 
     #[tokio::test]

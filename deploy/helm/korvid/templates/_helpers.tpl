@@ -69,6 +69,18 @@ replication_factor = {{ .Values.kafka.replicationFactor | int }}
 schema_registry_url = {{ . | quote }}
 {{- end }}
 
+[kafka.security]
+protocol = {{ .Values.kafka.security.protocol | quote }}
+{{- with .Values.kafka.security.saslMechanism }}
+sasl_mechanism = {{ . | quote }}
+{{- end }}
+{{- with .Values.kafka.security.username }}
+username = {{ . | quote }}
+{{- end }}
+{{- if has .Values.kafka.security.protocol (list "ssl" "sasl_ssl") }}
+verify_hostname = {{ .Values.kafka.security.verifyHostname }}
+{{- end }}
+
 [kafka.client]
 {{- range $key, $value := .Values.kafka.client }}
 {{- /* librdkafka takes every property as a string; YAML numbers arrive as floats. */}}
@@ -96,6 +108,57 @@ extra_kinds = [{{ range $i, $kind := .Values.ingest.kubernetes.extraKinds }}{{ i
 {{- with .Values.config.extraToml }}
 
 {{ . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Kafka's secrets, the same in every pod: the SASL password as a variable from its Secret, the CA
+and the client certificate as files from mounted Secrets, named by variables (korvid.toml names
+no file, so it stays valid wherever it is loaded).
+*/}}
+{{- define "korvid.kafkaEnv" -}}
+{{- if .Values.kafka.security.passwordSecret }}
+- name: KORVID__KAFKA__SECURITY__PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.kafka.security.passwordSecret }}
+      key: {{ .Values.kafka.security.passwordKey }}
+{{- end }}
+{{- if .Values.kafka.security.caSecret }}
+- name: KORVID__KAFKA__SECURITY__CA_FILE
+  value: /etc/korvid/kafka-ca/{{ .Values.kafka.security.caKey }}
+{{- end }}
+{{- if .Values.kafka.security.clientCertSecret }}
+- name: KORVID__KAFKA__SECURITY__CERT_FILE
+  value: /etc/korvid/kafka-client/tls.crt
+- name: KORVID__KAFKA__SECURITY__KEY_FILE
+  value: /etc/korvid/kafka-client/tls.key
+{{- end }}
+{{- end -}}
+
+{{- define "korvid.kafkaMounts" -}}
+{{- if .Values.kafka.security.caSecret }}
+- name: kafka-ca
+  mountPath: /etc/korvid/kafka-ca
+  readOnly: true
+{{- end }}
+{{- if .Values.kafka.security.clientCertSecret }}
+- name: kafka-client
+  mountPath: /etc/korvid/kafka-client
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "korvid.kafkaVolumes" -}}
+{{- if .Values.kafka.security.caSecret }}
+- name: kafka-ca
+  secret:
+    secretName: {{ .Values.kafka.security.caSecret }}
+{{- end }}
+{{- if .Values.kafka.security.clientCertSecret }}
+- name: kafka-client
+  secret:
+    secretName: {{ .Values.kafka.security.clientCertSecret }}
 {{- end }}
 {{- end -}}
 
@@ -185,6 +248,9 @@ spec:
           env:
             - name: KORVID_CONFIG
               value: /etc/korvid/config/korvid.toml
+            {{- with (include "korvid.kafkaEnv" $root | trim) }}
+            {{- . | nindent 12 }}
+            {{- end }}
             {{- with .env }}
             {{- . | nindent 12 }}
             {{- end }}
@@ -222,6 +288,9 @@ spec:
               readOnly: true
             - name: tmp
               mountPath: /tmp
+            {{- with (include "korvid.kafkaMounts" $root | trim) }}
+            {{- . | nindent 12 }}
+            {{- end }}
             {{- with .mounts }}
             {{- . | nindent 12 }}
             {{- end }}
@@ -240,6 +309,9 @@ spec:
         - name: tmp
           emptyDir:
             sizeLimit: {{ $root.Values.tmpSizeLimit }}
+        {{- with (include "korvid.kafkaVolumes" $root | trim) }}
+        {{- . | nindent 8 }}
+        {{- end }}
         {{- with .volumes }}
         {{- . | nindent 8 }}
         {{- end }}
