@@ -6,7 +6,7 @@ KORVID_TOOLS ?= $(HOME)/.cache/korvid/tools
 export KORVID_TOOLS
 WEBHOOK ?= http://127.0.0.1:9440/audit/webhook
 
-.PHONY: help setup build up demo send-sample test lint fmt bench bench-scan bench-model model ci clean-data
+.PHONY: help setup build up demo send-sample test lint fmt bench loadtest bench-scan bench-model model ci clean-data
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -43,6 +43,10 @@ bench: setup ## Stage benchmarks against same-run baselines (release build); wri
 	  $(CARGO) bench --bench stages
 	$(CARGO) bench -p korvid-notify --bench route | tee /dev/stderr | \
 	  sed -n 's/^BENCH //p' >> BENCHMARKS.md
+	KORVID_BENCH_OUT=$(CURDIR)/BENCHMARKS.md $(CARGO) bench --bench load
+
+loadtest: setup ## The whole pipeline under sustained realistic audit traffic: accepted rate, backlog, event-to-alert p50/p99, memory (KORVID_LOAD_RATES, KORVID_LOAD_STEP_S)
+	$(CARGO) bench --bench load
 
 CHECKOV_VENV ?= $(HOME)/.cache/korvid/checkov-venv
 # The binary users run (`dist`: whole-program optimised; its first build takes ~20 minutes on
