@@ -14,7 +14,7 @@
 //! Baseline, same run: the same load generator against an HTTP server that reads each batch and
 //! answers 200 (what this machine can post at all, with the generator on the same cores).
 //!
-//!     make loadtest                       # KORVID_LOAD_RATES=10000,20000,30000 by default
+//!     make loadtest                       # KORVID_LOAD_RATES=10000,15000,20000 by default
 //!     KORVID_BENCH_OUT=BENCHMARKS.md ...  # appends its table (make bench does)
 
 use std::collections::HashMap;
@@ -314,7 +314,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rates: Vec<u64> = std::env::var("KORVID_LOAD_RATES")
-        .unwrap_or_else(|_| "10000,20000,30000".into())
+        .unwrap_or_else(|_| "10000,15000,20000".into())
         .split(',')
         .filter_map(|r| r.trim().parse().ok())
         .collect();
@@ -429,7 +429,7 @@ async fn main() {
         let drain_start = Instant::now();
         while metric(&metrics, "korvid_enrich_events_total").await - consumed_before
             < (accepted + attacks) as f64
-            && drain_start.elapsed() < Duration::from_secs(120)
+            && drain_start.elapsed() < Duration::from_secs(60)
         {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
