@@ -188,14 +188,27 @@ impl WindowAssigner {
     }
 
     /// Windows that close now: past the watermark, idle, or pushed out by the buffer bound.
+    ///
+    /// Only the watermark makes a window final: an event for a window that was published early
+    /// (idle, or for the buffer bound) opens it again, and it is published once more with what
+    /// came since (same id, so replays stay idempotent). A sparse namespace whose window was
+    /// flushed for idleness therefore loses no event that arrives within the allowed lateness.
     pub fn due(&mut self, now: Instant) -> Vec<ClosedWindow> {
+        let (size, lateness) = (self.cfg.size_ms, self.cfg.lateness_ms);
+        for ks in self.keys.values_mut() {
+            if ks.max_event_ms != i64::MIN {
+                let watermark = ks.max_event_ms.saturating_sub(lateness);
+                ks.emitted_until = ks
+                    .emitted_until
+                    .max(watermark.div_euclid(size).saturating_mul(size));
+            }
+        }
         let mut closing: Vec<(String, i64)> = self
             .open
             .keys()
             .filter(|(key, start)| {
                 let ks = &self.keys[key];
-                let end = start + self.cfg.size_ms;
-                ks.max_event_ms.saturating_sub(self.cfg.lateness_ms) >= end
+                start + size <= ks.emitted_until
                     || now.duration_since(ks.last_arrival) >= self.cfg.idle_flush
             })
             .cloned()
@@ -231,9 +244,6 @@ impl WindowAssigner {
         let (key, start) = id;
         let end = start + self.cfg.size_ms;
         self.buffered -= w.events.len();
-        if let Some(ks) = self.keys.get_mut(&key) {
-            ks.emitted_until = ks.emitted_until.max(end);
-        }
         Some(ClosedWindow {
             key,
             cluster: w.cluster,
@@ -397,6 +407,36 @@ mod tests {
         let later = t0 + Duration::from_millis(20);
         let rest = w.due(later);
         assert_eq!(closed.len() + rest.len(), 5);
+    }
+
+    #[test]
+    fn an_idle_flushed_window_reopens_until_the_watermark_passes_it() {
+        let mut c = cfg();
+        c.idle_flush = Duration::from_millis(10);
+        let mut w = WindowAssigner::new(c);
+        let t0 = Instant::now();
+        w.admit("k", ev("a", 300), &tp(), 1, t0, None);
+        let first = w.due(t0 + Duration::from_millis(20));
+        assert_eq!(first.len(), 1, "idle: published early");
+        // A second event of the same window, a second later: not late, the window reopens.
+        assert_eq!(
+            w.admit("k", ev("b", 1300), &tp(), 2, t0, None),
+            Admission::Buffered
+        );
+        let again = w.due(t0 + Duration::from_millis(40));
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].start, again[0].end), (0, 2000));
+        assert_eq!(again[0].events[0].audit_id, "b");
+        // Once the watermark has passed the window it is final.
+        w.admit("k", ev("c", 2600), &tp(), 3, t0, None);
+        w.due(t0);
+        assert!(matches!(
+            w.admit("k", ev("d", 1900), &tp(), 4, t0, None),
+            Admission::Late {
+                window_end: 2000,
+                ..
+            }
+        ));
     }
 
     #[test]
