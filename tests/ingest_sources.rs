@@ -652,4 +652,22 @@ async fn planted_secrets_reach_no_topic_from_any_source() {
         !log.contains(PLANT) && !log.contains(&b64_plant),
         "log: {log}"
     );
+    // Nor in the metrics, nor in what the sinks delivered.
+    let metrics = http()
+        .get(cfg.telemetry_url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("korvid_ingest_audit_log_events"));
+    assert!(!metrics.contains(PLANT) && !metrics.contains(&b64_plant));
+    for d in receiver.deliveries() {
+        let body = d.body.to_string();
+        assert!(
+            !body.contains(PLANT) && !body.contains(&b64_plant),
+            "alert: {body}"
+        );
+    }
 }
