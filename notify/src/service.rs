@@ -314,7 +314,7 @@ pub async fn run(settings: NotifySettings, ctx: ServiceContext) -> Result<(), No
             "Notifications handed to sinks, by sink",
             Family::default(),
         ),
-        // 100 ms .. 410 s: windowing, detection and group_wait (1 s by default) add up.
+        // 100 ms .. 410 s: windowing, detection and group_wait (250 ms by default) add up.
         event_to_alert: t.register(
             "notify_event_to_alert_seconds",
             "Seconds from the event time of the finding that opened an alert to the alert's \

@@ -457,6 +457,8 @@ pub struct Delivery {
     pub signature_ok: bool,
     /// The W3C `traceparent` header the sink sent, if any.
     pub traceparent: Option<String>,
+    /// `x-korvid-notification-id`: the same for a notification sent again after a crash.
+    pub notification_id: Option<String>,
 }
 
 /// A real HTTP server that records alert deliveries and checks their signatures.
@@ -553,6 +555,10 @@ async fn receive(
         signature_ok: sig == expected,
         traceparent: headers
             .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        notification_id: headers
+            .get("x-korvid-notification-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
     });
