@@ -101,62 +101,50 @@ impl Metrics {
 struct Dispatcher {
     policy: Policy,
     sinks: HashMap<String, SinkHandle>,
-    traces: AlertTraces,
-    openings: Openings,
+    /// `traceparent` of each open alert's latest finding.
+    traces: PerAlert<String>,
+    /// Event time of the finding that opened each alert, until its first hand-over.
+    openings: PerAlert<i64>,
 }
 
-/// The event time of the finding that opened each alert episode, until the alert is first
-/// handed to its sinks (in memory only: an episode opened before a restart is not timed).
-#[derive(Default)]
-struct Openings(std::sync::Mutex<HashMap<String, i64>>);
+/// A value per open alert, in memory only and bounded: the trace context of its latest finding
+/// (so the notification continues the trace from the audit event) or the event time of the
+/// finding that opened its episode (for the event-to-alert histogram). After a restart both
+/// start fresh.
+struct PerAlert<T>(std::sync::Mutex<HashMap<String, T>>);
 
-impl Openings {
-    fn opened(&self, fingerprint: &str, event_time: i64) {
-        let mut m = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if m.len() >= MAX_TRACED_ALERTS && !m.contains_key(fingerprint) {
-            m.clear();
-        }
-        m.insert(fingerprint.to_string(), event_time);
+impl<T> Default for PerAlert<T> {
+    fn default() -> Self {
+        PerAlert(std::sync::Mutex::default())
     }
+}
 
-    /// The opening finding's event time, forgotten once asked for.
-    fn take(&self, fingerprint: &str) -> Option<i64> {
+/// Alerts remembered at most; past it the memory starts over.
+const MAX_REMEMBERED_ALERTS: usize = 100_000;
+
+impl<T: Clone> PerAlert<T> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, T>> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(fingerprint)
     }
-}
 
-/// The trace context of each open alert's latest finding, so the notification continues the
-/// trace from the audit event (in memory only: after a restart, notifications start new traces).
-#[derive(Default)]
-struct AlertTraces(std::sync::Mutex<HashMap<String, String>>);
-
-/// Alerts whose trace is remembered at most; past it the memory starts over.
-const MAX_TRACED_ALERTS: usize = 100_000;
-
-impl AlertTraces {
-    fn remember(&self, fingerprint: &str, traceparent: String) {
-        let mut m = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if m.len() >= MAX_TRACED_ALERTS && !m.contains_key(fingerprint) {
+    fn remember(&self, fingerprint: &str, value: T) {
+        let mut m = self.map();
+        if m.len() >= MAX_REMEMBERED_ALERTS && !m.contains_key(fingerprint) {
             m.clear();
         }
-        m.insert(fingerprint.to_string(), traceparent);
+        m.insert(fingerprint.to_string(), value);
     }
 
-    /// The trace of the first of `alerts` that has one; resolved alerts are forgotten.
-    fn for_delivery(&self, alerts: &[Alert]) -> Option<String> {
-        let mut m = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    /// The value, forgotten once asked for.
+    fn take(&self, fingerprint: &str) -> Option<T> {
+        self.map().remove(fingerprint)
+    }
+
+    /// The value of the first of `alerts` that has one; resolved alerts are forgotten.
+    fn for_delivery(&self, alerts: &[Alert]) -> Option<T> {
+        let mut m = self.map();
         let found = alerts.iter().find_map(|a| m.get(&a.fingerprint).cloned());
         for a in alerts {
             if a.status == korvid_schemas::AlertStatus::Resolved {
@@ -347,8 +335,8 @@ pub async fn run(settings: NotifySettings, ctx: ServiceContext) -> Result<(), No
     let dispatcher = Dispatcher {
         policy,
         sinks: handles,
-        traces: AlertTraces::default(),
-        openings: Openings::default(),
+        traces: PerAlert::default(),
+        openings: PerAlert::default(),
     };
 
     // What earlier runs (or other instances) already notified; adopted per partition once the
@@ -661,7 +649,7 @@ impl Loop<'_> {
         if matches!(observed, Observed::New(_)) {
             self.dispatcher
                 .openings
-                .opened(&f.fingerprint, f.event_time);
+                .remember(&f.fingerprint, f.event_time);
         }
         self.metrics.decision(match observed {
             Observed::Replay => "replay",
