@@ -6,7 +6,7 @@ KORVID_TOOLS ?= $(HOME)/.cache/korvid/tools
 export KORVID_TOOLS
 WEBHOOK ?= http://127.0.0.1:9440/audit/webhook
 
-.PHONY: help setup build up demo send-sample test lint fmt bench loadtest bench-scan bench-model model ci clean-data
+.PHONY: help setup build up demo send-sample test lint deny fmt bench loadtest bench-scan bench-model model ci clean-data
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -27,9 +27,16 @@ send-sample: ## Post a sample audit batch (kubectl exec into a pod) to the runni
 	@curl -sS -X POST -H 'content-type: application/json' \
 	  --data @deploy/samples/audit-exec.json $(WEBHOOK); echo
 
-lint: ## Formatting and clippy, warnings are errors
+lint: deny ## Formatting and clippy, warnings are errors; cargo-deny
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+CARGO_DENY_VERSION ?= 0.20.2
+deny: ## Licenses, bans and sources of every dependency (deny.toml; cargo-deny installed once into $(KORVID_TOOLS))
+	@$(KORVID_TOOLS)/bin/cargo-deny --version 2>/dev/null | grep -q ' $(CARGO_DENY_VERSION)$$' || { \
+	  echo "deny: installing cargo-deny $(CARGO_DENY_VERSION) into $(KORVID_TOOLS) (from crates.io; ~6 minutes on 2 cores, once)"; \
+	  $(CARGO) install cargo-deny --version $(CARGO_DENY_VERSION) --locked --root $(KORVID_TOOLS) --quiet; }
+	PATH="$(KORVID_TOOLS)/bin:$$PATH" $(CARGO) deny --log-level error check licenses bans sources
 
 test: setup lint ## The whole suite: lint, unit, integration and end-to-end tests on the real broker
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \

@@ -117,17 +117,32 @@ async fn serve(engine: LakeSql, listen: &str, settings: &KorvidSettings) -> anyh
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let bound = listener.local_addr()?;
+    let password = settings.sql.password()?;
+    let (tls, certificate) = match &settings.sql.tls {
+        Some(t) => {
+            let mut config = t.server_config()?;
+            // libpq 17+ offers ALPN `postgresql`; older clients offer none, which also passes.
+            config.alpn_protocols = vec![b"postgresql".to_vec()];
+            let pem = std::fs::read(&t.cert_file)
+                .with_context(|| format!("sql.tls.cert_file {}", t.cert_file.display()))?;
+            (Some(std::sync::Arc::new(config)), Some(pem))
+        }
+        None => (None, None),
+    };
     let shutdown = korvid_common::Shutdown::new();
     shutdown.listen_for_signals();
-    let auth = if settings.sql.password.is_some() {
-        "password"
-    } else {
-        "no password"
+    let auth = match (&password, &tls) {
+        (Some(_), Some(_)) => "TLS only, SCRAM-SHA-256 password",
+        (Some(_), None) => "SCRAM-SHA-256 password, no TLS",
+        (None, Some(_)) => "TLS only, no password",
+        (None, None) => "no TLS, no password",
     };
     tracing::info!(%bound, auth, lake = %settings.lake.dir(&settings.data_dir).display(), "serving SQL over the PostgreSQL protocol");
     eprintln!("korvid sql: PostgreSQL protocol on {bound} ({auth}); Ctrl-C stops");
-    let handlers = korvid_lake::pg::PgHandlers::new(engine, settings.sql.password.clone());
-    korvid_lake::pg::serve(listener, handlers, shutdown).await;
+    let handlers =
+        korvid_lake::pg::PgHandlers::new(engine, password.as_deref(), certificate.as_deref())
+            .context("sql.tls.cert_file: channel binding")?;
+    korvid_lake::pg::serve(listener, handlers, tls, shutdown).await;
     Ok(())
 }
 

@@ -40,10 +40,11 @@ pub async fn run(service: &str, settings: KorvidSettings) -> anyhow::Result<()> 
             .listen
             .parse()
             .context("telemetry.listen")?;
+        let access = korvid_common::telemetry::TelemetryAccess::from_settings(&settings.telemetry)?;
         telemetry
-            .serve(addr, shutdown.clone())
+            .serve(addr, &access, shutdown.clone())
             .await
-            .with_context(|| format!("cannot listen on {addr} (telemetry.listen)"))?;
+            .context("telemetry server (telemetry.listen, telemetry.tls)")?;
     }
 
     let mut broker = None;
@@ -66,11 +67,22 @@ pub async fn run(service: &str, settings: KorvidSettings) -> anyhow::Result<()> 
         kafka.wait_for_broker(Duration::from_secs(30)).await?;
         kafka.ensure_topics().await
     };
-    if let Err(e) = started.await {
+    // A stop signal while Kafka is still awaited ends the process at once, not after the wait.
+    let started = tokio::select! {
+        r = started => Some(r),
+        () = shutdown.triggered() => None,
+    };
+    if !matches!(started, Some(Ok(()))) {
         if let Some(b) = broker {
             b.stop(Duration::from_secs(3)).await;
         }
-        return Err(e.into());
+        return match started {
+            Some(Err(e)) => Err(e.into()),
+            _ => {
+                tracing::info!("stopped before Kafka was reachable");
+                Ok(())
+            }
+        };
     }
     telemetry.set_ready("kafka", true);
     let ctx = ServiceContext {

@@ -1335,7 +1335,11 @@ fn the_probe_and_scrape_paths_are_served() {
     let telemetry = korvid_common::Telemetry::new();
     let shutdown = korvid_common::Shutdown::new();
     let addr = runtime
-        .block_on(telemetry.serve(socket("127.0.0.1:0", "listen"), shutdown.clone()))
+        .block_on(telemetry.serve(
+            socket("127.0.0.1:0", "listen"),
+            &Default::default(),
+            shutdown.clone(),
+        ))
         .expect("serve");
     let status = |path: &str| -> u16 {
         let mut s = std::net::TcpStream::connect(addr).expect("connect");

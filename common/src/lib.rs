@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod broker;
+pub mod http_server;
 pub mod kafka;
 pub mod settings;
 pub mod shutdown;

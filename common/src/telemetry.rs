@@ -19,7 +19,9 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+use crate::http_server::{BearerToken, HttpServer, ServeError, require_token};
 use crate::settings::{SettingsError, Validate, require_socket_addr};
+use crate::tls::ServerTlsSettings;
 
 /// `[telemetry]` settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -33,6 +35,14 @@ pub struct TelemetrySettings {
     pub log_level: String,
     /// OTLP/HTTP endpoint for traces (e.g. `http://otel-collector:4318/v1/traces`).
     pub otlp_endpoint: Option<String>,
+    /// Serve the endpoints over HTTPS (and, with `client_ca_file`, only to clients with a
+    /// certificate that CA signed).
+    pub tls: Option<ServerTlsSettings>,
+    /// File holding a token `/metrics` readers must send as `Authorization: Bearer <token>`.
+    pub bearer_token_file: Option<std::path::PathBuf>,
+    /// Whether `/healthz` and `/readyz` need the token too. Off by default: the kubelet's probes
+    /// send no token unless the pod spec carries it.
+    pub probes_require_token: bool,
 }
 
 impl Default for TelemetrySettings {
@@ -42,6 +52,9 @@ impl Default for TelemetrySettings {
             log_format: "text".into(),
             log_level: "info".into(),
             otlp_endpoint: None,
+            tls: None,
+            bearer_token_file: None,
+            probes_require_token: false,
         }
     }
 }
@@ -68,7 +81,44 @@ impl Validate for TelemetrySettings {
                 "must be an http:// or https:// URL",
             ));
         }
+        TelemetryAccess::from_settings(self)?;
+        if self.probes_require_token && self.bearer_token_file.is_none() {
+            return Err(SettingsError::invalid(
+                "telemetry.probes_require_token",
+                "needs telemetry.bearer_token_file",
+            ));
+        }
         Ok(())
+    }
+}
+
+/// How the telemetry server is reached and who may read it: TLS, and a bearer token on
+/// `/metrics` (and on the probes when asked).
+#[derive(Debug, Clone, Default)]
+pub struct TelemetryAccess {
+    /// HTTPS settings; `None` serves plain HTTP.
+    pub tls: Option<ServerTlsSettings>,
+    /// The token readers must present; `None` leaves the endpoints open.
+    pub token: Option<BearerToken>,
+    /// Whether the probes need the token too.
+    pub probes_require_token: bool,
+}
+
+impl TelemetryAccess {
+    /// Checks the TLS files and reads the token named in `settings`.
+    pub fn from_settings(settings: &TelemetrySettings) -> Result<Self, SettingsError> {
+        if let Some(tls) = &settings.tls {
+            tls.validate("telemetry.tls")?;
+        }
+        let token = match &settings.bearer_token_file {
+            Some(f) => Some(BearerToken::from_file("telemetry.bearer_token_file", f)?),
+            None => None,
+        };
+        Ok(TelemetryAccess {
+            tls: settings.tls.clone(),
+            token,
+            probes_require_token: settings.probes_require_token,
+        })
     }
 }
 
@@ -216,34 +266,44 @@ impl Telemetry {
         out
     }
 
-    /// The `/metrics`, `/healthz`, `/readyz` routes.
-    pub fn router(&self) -> Router {
-        Router::new()
-            .route("/metrics", get(metrics))
+    /// The `/metrics`, `/healthz`, `/readyz` routes, with `access`'s token where it applies.
+    pub fn router(&self, access: &TelemetryAccess) -> Router {
+        let metrics = Router::new().route("/metrics", get(metrics));
+        let probes = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
-            .route("/readyz", get(readyz))
-            .with_state(self.clone())
+            .route("/readyz", get(readyz));
+        let guard = |r: Router<Telemetry>, t: &BearerToken| {
+            r.route_layer(axum::middleware::from_fn_with_state(
+                t.clone(),
+                require_token,
+            ))
+        };
+        let (metrics, probes) = match &access.token {
+            Some(t) if access.probes_require_token => (guard(metrics, t), guard(probes, t)),
+            Some(t) => (guard(metrics, t), probes),
+            None => (metrics, probes),
+        };
+        metrics.merge(probes).with_state(self.clone())
     }
 
-    /// Serves [`Self::router`] on `addr` until shutdown.
+    /// Serves [`Self::router`] on `addr` until shutdown; returns the bound address. Binding and
+    /// the TLS files fail here, before anything is spawned.
     pub async fn serve(
         &self,
         addr: SocketAddr,
+        access: &TelemetryAccess,
         shutdown: crate::Shutdown,
-    ) -> std::io::Result<SocketAddr> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let bound = listener.local_addr()?;
-        let app = self.router();
+    ) -> Result<SocketAddr, ServeError> {
+        let server = HttpServer::bind(addr, access.tls.as_ref())?;
+        let bound = server.local_addr();
+        let (tls, token) = (server.is_tls(), access.token.is_some());
+        let app = self.router(access);
         tokio::spawn(async move {
-            let stop = shutdown.clone();
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.triggered().await })
-                .await
-            {
+            if let Err(e) = server.serve(app, shutdown).await {
                 tracing::error!(error = %e, "telemetry server failed");
             }
         });
-        tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
+        tracing::info!(%bound, tls, token, "serving /metrics, /healthz, /readyz");
         Ok(bound)
     }
 }

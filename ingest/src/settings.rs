@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use korvid_common::http_server::BearerToken;
 use korvid_common::settings::{
     SettingsError, Validate, require_non_empty, require_range, require_socket_addr,
 };
@@ -337,18 +338,7 @@ impl Validate for IngestSettings {
             tls.validate("ingest.audit_webhook.tls")?;
         }
         if let Some(f) = &w.bearer_token_file {
-            let token = std::fs::read_to_string(f).map_err(|e| {
-                SettingsError::invalid(
-                    "ingest.audit_webhook.bearer_token_file",
-                    format!("cannot read {}: {e}", f.display()),
-                )
-            })?;
-            if token.trim().len() < 16 {
-                return Err(SettingsError::invalid(
-                    "ingest.audit_webhook.bearer_token_file",
-                    "the token must be at least 16 characters",
-                ));
-            }
+            BearerToken::from_file("ingest.audit_webhook.bearer_token_file", f)?;
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use korvid_common::ServiceContext;
+use korvid_common::http_server::{BearerToken, HttpServer, ServeError, unauthorized};
 use korvid_common::kafka::{DeadLetterSource, DeadLetters, KafkaClientError, RecordProducer};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -59,7 +60,7 @@ struct Metrics {
 }
 
 struct Shared {
-    bearer_token: Option<String>,
+    bearer_token: Option<BearerToken>,
     cluster: String,
     topic: String,
     scans_topic: String,
@@ -109,10 +110,8 @@ impl AuditWebhook {
         let w = &settings.audit_webhook;
         let bearer_token = match &w.bearer_token_file {
             Some(f) => Some(
-                std::fs::read_to_string(f)
-                    .map_err(|e| IngestError::Security(format!("bearer_token_file: {e}")))?
-                    .trim()
-                    .to_string(),
+                BearerToken::from_file("ingest.audit_webhook.bearer_token_file", f)
+                    .map_err(|e| IngestError::Security(e.to_string()))?,
             ),
             None => None,
         };
@@ -267,47 +266,22 @@ async fn serve_webhook(
                 addr: settings.audit_webhook.listen.clone(),
                 source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
             })?;
-    let listener = std::net::TcpListener::bind(addr)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|source| IngestError::Bind {
-            addr: addr.to_string(),
-            source,
+    let server =
+        HttpServer::bind(addr, settings.audit_webhook.tls.as_ref()).map_err(|e| match e {
+            ServeError::Bind { addr, source } => IngestError::Bind { addr, source },
+            other => IngestError::Security(other.to_string()),
         })?;
-    let bound = listener.local_addr().map_err(IngestError::Serve)?;
-    let stop = ctx.shutdown.clone();
-    match &settings.audit_webhook.tls {
-        Some(tls) => {
-            let config = tls
-                .server_config()
-                .map_err(|e| IngestError::Security(e.to_string()))?;
-            let mtls = tls.client_ca_file.is_some();
-            tracing::info!(%bound, path = %settings.audit_webhook.path, mtls, "audit webhook listening (HTTPS)");
-            ctx.telemetry.set_ready(COMPONENT, true);
-            let handle = axum_server::Handle::new();
-            let on_stop = handle.clone();
-            tokio::spawn(async move {
-                stop.triggered().await;
-                on_stop.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
-            });
-            let rustls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config));
-            axum_server::from_tcp_rustls(listener, rustls)
-                .map_err(IngestError::Serve)?
-                .handle(handle)
-                .serve(webhook.router().into_make_service())
-                .await
-                .map_err(IngestError::Serve)?;
-        }
-        None => {
-            tracing::info!(%bound, path = %settings.audit_webhook.path, "audit webhook listening (plain HTTP)");
-            ctx.telemetry.set_ready(COMPONENT, true);
-            let listener =
-                tokio::net::TcpListener::from_std(listener).map_err(IngestError::Serve)?;
-            axum::serve(listener, webhook.router())
-                .with_graceful_shutdown(async move { stop.triggered().await })
-                .await
-                .map_err(IngestError::Serve)?;
-        }
-    }
+    let bound = server.local_addr();
+    let (scheme, mtls) = match &settings.audit_webhook.tls {
+        Some(tls) => ("HTTPS", tls.client_ca_file.is_some()),
+        None => ("plain HTTP", false),
+    };
+    tracing::info!(%bound, path = %settings.audit_webhook.path, scheme, mtls, "audit webhook listening");
+    ctx.telemetry.set_ready(COMPONENT, true);
+    server
+        .serve(webhook.router(), ctx.shutdown.clone())
+        .await
+        .map_err(IngestError::Serve)?;
     // Requests in flight were answered only after their events were acknowledged, so a flush
     // here only covers dead letters still on their way.
     let _ = webhook
@@ -490,30 +464,13 @@ async fn require_token(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if let Some(expected) = &s.bearer_token {
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        if !constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
-            count(&s, "unauthorized");
-            let mut resp = json_response(
-                StatusCode::UNAUTHORIZED,
-                serde_json::json!({"error": "missing or wrong bearer token"}),
-            );
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return resp;
-        }
+    if let Some(token) = &s.bearer_token
+        && !token.admits(req.headers())
+    {
+        count(&s, "unauthorized");
+        return unauthorized();
     }
     next.run(req).await
-}
-
-/// Compares secrets without leaking where they differ through timing.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn count(s: &Shared, result: &str) {

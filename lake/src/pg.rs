@@ -5,8 +5,9 @@
 //! `text`, `bytea`, `date`, `timestamp` and `timestamptz`, anything else (lists, decimals) is
 //! sent as its text form. Session statements drivers send on connect (`SET`, `BEGIN`,
 //! `COMMIT`, `ROLLBACK`, `DISCARD`) are acknowledged and ignored: the lake is read-only and one
-//! session serves every connection. Optional cleartext password; no TLS (keep the server on
-//! loopback or a trusted network).
+//! session serves every connection. Optional TLS (`sql.tls`; clients that do not ask for it are
+//! refused once it is configured) and an optional password, checked with SCRAM-SHA-256 so the
+//! password itself never crosses the connection; the server keeps only its salted form.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -25,8 +26,9 @@ use datafusion::common::ScalarValue;
 use datafusion::logical_expr::LogicalPlan;
 use futures::sink::Sink;
 use futures::stream;
-use pgwire::api::auth::cleartext::CleartextPasswordAuthStartupHandler;
 use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::auth::sasl::SASLAuthStartupHandler;
+use pgwire::api::auth::sasl::scram::{ScramAuth, gen_salted_password, random_nonce};
 use pgwire::api::auth::{
     AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
 };
@@ -425,42 +427,34 @@ impl ExtendedQueryHandler for LakeQueryHandler {
     }
 }
 
-/// The one password, for any user name.
-#[derive(Debug)]
-struct FixedPassword(String);
+/// PBKDF2 rounds of the salted password (RFC 7677's minimum, PostgreSQL's default).
+const SCRAM_ITERATIONS: usize = 4096;
 
-#[async_trait]
-impl AuthSource for FixedPassword {
-    async fn get_password(&self, _login: &LoginInfo) -> PgWireResult<Password> {
-        Ok(Password::new(None, self.0.as_bytes().to_vec()))
-    }
+/// The one password, for any user name, kept only in its salted form.
+struct SaltedPassword {
+    salt: Vec<u8>,
+    salted: Vec<u8>,
+}
 
-    async fn verify_password(
-        &self,
-        login: &LoginInfo,
-        presented: &[u8],
-    ) -> PgWireResult<Option<()>> {
-        if constant_time_eq(self.0.as_bytes(), presented) {
-            Ok(None)
-        } else {
-            tracing::info!(
-                user = login.user().unwrap_or_default(),
-                "sql: wrong password"
-            );
-            Err(PgWireError::InvalidPassword(
-                login.user().unwrap_or_default().to_owned(),
-            ))
-        }
+impl SaltedPassword {
+    fn new(password: &str) -> Self {
+        let salt = random_nonce().into_bytes();
+        let salted = gen_salted_password(password, &salt, SCRAM_ITERATIONS);
+        SaltedPassword { salt, salted }
     }
 }
 
-/// Compares without an early exit, so timing does not tell how much of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for (i, x) in a.iter().enumerate() {
-        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(!x));
+impl Debug for SaltedPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SaltedPassword(<redacted>)")
     }
-    diff == 0
+}
+
+#[async_trait]
+impl AuthSource for SaltedPassword {
+    async fn get_password(&self, _login: &LoginInfo) -> PgWireResult<Password> {
+        Ok(Password::new(Some(self.salt.clone()), self.salted.clone()))
+    }
 }
 
 /// Accepts every client without a password.
@@ -469,12 +463,16 @@ struct OpenDoor;
 
 impl NoopStartupHandler for OpenDoor {}
 
-/// Startup: a password when one is configured, else none.
-enum Startup {
+/// How a client gets in: a password when one is configured, else none.
+enum Admission {
     Open(OpenDoor),
-    Password(
-        Box<CleartextPasswordAuthStartupHandler<FixedPassword, DefaultServerParameterProvider>>,
-    ),
+    Password(Box<SASLAuthStartupHandler<DefaultServerParameterProvider>>),
+}
+
+/// Startup: refuses unencrypted connections when TLS is configured, then admits.
+struct Startup {
+    require_tls: bool,
+    admission: Admission,
 }
 
 #[async_trait]
@@ -489,9 +487,18 @@ impl StartupHandler for Startup {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        match self {
-            Startup::Open(h) => h.on_startup(client, message).await,
-            Startup::Password(h) => h.on_startup(client, message).await,
+        if self.require_tls && !client.is_secure() {
+            tracing::info!(peer = %client.socket_addr(), "sql: refused a connection without TLS");
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".to_string(),
+                "28000".to_string(), // invalid_authorization_specification
+                "this server accepts only TLS connections (sslmode=require or stronger)"
+                    .to_string(),
+            ))));
+        }
+        match &self.admission {
+            Admission::Open(h) => h.on_startup(client, message).await,
+            Admission::Password(h) => h.on_startup(client, message).await,
         }
     }
 }
@@ -503,16 +510,35 @@ pub struct PgHandlers {
 }
 
 impl PgHandlers {
-    /// Handlers answering from `engine`, asking for `password` when set.
-    pub fn new(engine: LakeSql, password: Option<String>) -> Self {
-        let startup = match password {
-            Some(p) => Startup::Password(Box::new(CleartextPasswordAuthStartupHandler::new(
-                FixedPassword(p),
-                DefaultServerParameterProvider::default(),
-            ))),
-            None => Startup::Open(OpenDoor),
+    /// Handlers answering from `engine`, asking for `password` (SCRAM-SHA-256) when set.
+    /// `tls_certificate` is the server certificate (PEM) when TLS is on: clients without TLS are
+    /// then refused, and SCRAM also offers channel binding (SCRAM-SHA-256-PLUS), which ties the
+    /// password exchange to this TLS session.
+    pub fn new(
+        engine: LakeSql,
+        password: Option<&str>,
+        tls_certificate: Option<&[u8]>,
+    ) -> PgWireResult<Self> {
+        let admission = match password {
+            Some(p) => {
+                let mut scram = ScramAuth::new(Arc::new(SaltedPassword::new(p)));
+                if let Some(pem) = tls_certificate {
+                    scram.configure_certificate(pem)?;
+                }
+                Admission::Password(Box::new(
+                    SASLAuthStartupHandler::new(
+                        Arc::new(DefaultServerParameterProvider::default()),
+                    )
+                    .with_scram(scram),
+                ))
+            }
+            None => Admission::Open(OpenDoor),
         };
-        PgHandlers {
+        let startup = Startup {
+            require_tls: tls_certificate.is_some(),
+            admission,
+        };
+        Ok(PgHandlers {
             query: Arc::new(LakeQueryHandler {
                 parser: Arc::new(LakeQueryParser {
                     engine: engine.clone(),
@@ -520,7 +546,7 @@ impl PgHandlers {
                 engine,
             }),
             startup: Arc::new(startup),
-        }
+        })
     }
 }
 
@@ -538,8 +564,15 @@ impl PgWireServerHandlers for PgHandlers {
     }
 }
 
-/// Serves connections from `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, handlers: PgHandlers, shutdown: korvid_common::Shutdown) {
+/// Serves connections from `listener` until `shutdown`, offering TLS when `tls` is set (build
+/// the handlers with its certificate to refuse clients that do not take it).
+pub async fn serve(
+    listener: TcpListener,
+    handlers: PgHandlers,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: korvid_common::Shutdown,
+) {
+    let acceptor = tls.map(pgwire::tokio::TlsAcceptor::from);
     let handlers = Arc::new(handlers);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -559,10 +592,11 @@ pub async fn serve(listener: TcpListener, handlers: PgHandlers, shutdown: korvid
             break;
         };
         let handlers = handlers.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let _slot = slot;
             tracing::debug!(%peer, "sql: connection");
-            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+            if let Err(e) = pgwire::tokio::process_socket(socket, acceptor, handlers).await {
                 tracing::debug!(%peer, error = %e, "sql: connection ended with an error");
             }
         });
@@ -649,10 +683,18 @@ mod tests {
     }
 
     #[test]
-    fn passwords_compare_whole() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"secret", b""));
+    fn the_password_is_kept_only_salted() {
+        let a = SaltedPassword::new("lake-password");
+        let b = SaltedPassword::new("lake-password");
+        assert_ne!(a.salt, b.salt, "every server start draws a new salt");
+        assert_ne!(a.salted, b.salted);
+        assert_eq!(a.salted.len(), 32, "SHA-256 output");
+        let kept = [a.salt.as_slice(), a.salted.as_slice()].concat();
+        assert!(
+            !kept
+                .windows(b"lake-password".len())
+                .any(|w| w == b"lake-password")
+        );
+        assert_eq!(format!("{a:?}"), "SaltedPassword(<redacted>)");
     }
 }

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use korvid_common::settings::{SettingsError, Validate, require_range, require_socket_addr};
+use korvid_common::tls::ServerTlsSettings;
 use serde::Deserialize;
 
 /// `[lake]`: where and how findings and alerts are written as Parquet.
@@ -68,9 +69,15 @@ impl Validate for LakeSettings {
 pub struct SqlSettings {
     /// Address `korvid sql --serve` listens on (overridden by `--listen`).
     pub listen: String,
-    /// Password clients must send (cleartext over the connection: keep the server on loopback
-    /// or a trusted network). Unset: no authentication.
+    /// Password clients must know (any user name), checked with SCRAM-SHA-256: it never
+    /// crosses the connection. Unset (and no `password_file`): no authentication.
     pub password: Option<String>,
+    /// File holding the password (a mounted Secret; trailing newline ignored), instead of
+    /// `password`.
+    pub password_file: Option<PathBuf>,
+    /// Serve TLS (`cert_file`, `key_file`, optional `client_ca_file` for client certificates).
+    /// Once set, clients that do not ask for TLS are refused.
+    pub tls: Option<ServerTlsSettings>,
     /// Longest a query may run before it is cancelled.
     pub query_timeout_ms: u64,
     /// How long `inventory` waits for Kafka before the query fails.
@@ -82,22 +89,55 @@ impl Default for SqlSettings {
         SqlSettings {
             listen: "127.0.0.1:5433".into(),
             password: None,
+            password_file: None,
+            tls: None,
             query_timeout_ms: 60_000,
             kafka_timeout_ms: 5_000,
         }
     }
 }
 
+impl SqlSettings {
+    /// The password from `password` or `password_file`; `None` when neither is set.
+    pub fn password(&self) -> Result<Option<String>, SettingsError> {
+        let (key, password) = match (&self.password, &self.password_file) {
+            (Some(p), _) => ("sql.password", p.clone()),
+            (None, Some(f)) => {
+                let text = std::fs::read_to_string(f).map_err(|e| {
+                    SettingsError::invalid(
+                        "sql.password_file",
+                        format!("cannot read {}: {e}", f.display()),
+                    )
+                })?;
+                (
+                    "sql.password_file",
+                    text.trim_end_matches(['\r', '\n']).to_string(),
+                )
+            }
+            (None, None) => return Ok(None),
+        };
+        if password.is_empty() {
+            return Err(SettingsError::invalid(
+                key,
+                "must not be empty (leave it unset for no authentication)",
+            ));
+        }
+        Ok(Some(password))
+    }
+}
+
 impl Validate for SqlSettings {
     fn validate(&self) -> Result<(), SettingsError> {
         require_socket_addr("sql.listen", &self.listen)?;
-        if let Some(p) = &self.password
-            && p.is_empty()
-        {
+        if self.password.is_some() && self.password_file.is_some() {
             return Err(SettingsError::invalid(
-                "sql.password",
-                "must not be empty (leave it unset for no authentication)",
+                "sql.password_file",
+                "set either sql.password or sql.password_file, not both",
             ));
+        }
+        self.password()?;
+        if let Some(tls) = &self.tls {
+            tls.validate("sql.tls")?;
         }
         require_range(
             "sql.query_timeout_ms",
