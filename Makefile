@@ -45,11 +45,12 @@ test: setup lint ## The whole suite: lint, unit, integration and end-to-end test
 	  $(CARGO) test --workspace --locked --no-fail-fast; \
 	fi
 
-bench: setup ## Stage benchmarks against same-run baselines (release build); writes BENCHMARKS.md
+bench: setup ## Every benchmark against its same-run baseline (release build; installs the PyTorch venv once); writes BENCHMARKS.md
 	KORVID_BENCH_OUT=$(CURDIR)/BENCHMARKS.md KORVID_BENCH_DATE=$$(date -u +%FT%TZ) \
 	  $(CARGO) bench --bench stages
 	$(CARGO) bench -p korvid-notify --bench route | tee /dev/stderr | \
 	  sed -n 's/^BENCH //p' >> BENCHMARKS.md
+	$(MAKE) --no-print-directory bench-model MODEL_MARKDOWN=$(CURDIR)/BENCHMARKS.md
 	KORVID_BENCH_OUT=$(CURDIR)/BENCHMARKS.md $(CARGO) bench --bench load
 
 loadtest: setup ## The whole pipeline under sustained realistic audit traffic: accepted rate, backlog, event-to-alert p50/p99, memory (KORVID_LOAD_RATES, KORVID_LOAD_STEP_S)
@@ -79,7 +80,8 @@ bench-model: setup ## Graph-model inference: batched ONNX Runtime vs PyTorch eag
 	KORVID_BENCH_DIR=$(CURDIR)/target/bench-model $(CARGO) bench --bench model
 	@test -x $(MODEL_VENV)/bin/python || { echo "bench-model: installing the training environment into $(MODEL_VENV)"; \
 	  python3 -m venv $(MODEL_VENV) && $(MODEL_VENV)/bin/pip install -q -r detect/model/requirements.txt; }
-	$(MODEL_VENV)/bin/python detect/model/bench_torch.py target/bench-model
+	$(MODEL_VENV)/bin/python detect/model/bench_torch.py target/bench-model \
+	  $(if $(MODEL_MARKDOWN),--markdown $(MODEL_MARKDOWN))
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

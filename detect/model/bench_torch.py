@@ -3,7 +3,9 @@
 wrote, batched the same way, on the same number of threads; prints it beside the ONNX Runtime
 figures of that run, with the ratio. `make bench-model` runs both.
 
-    python detect/model/bench_torch.py target/bench-model [--device cuda]
+    python detect/model/bench_torch.py target/bench-model [--device cuda] [--markdown FILE]
+
+--markdown appends the comparison to FILE as a BENCHMARKS.md section (`make bench` does).
 """
 
 import argparse
@@ -59,6 +61,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("dir", type=Path)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--markdown", type=Path, help="append the table to this file")
     args = ap.parse_args()
     ort = json.loads((args.dir / "ort.json").read_text())
     threads = ort["threads"]
@@ -97,9 +100,39 @@ def main():
         ratio = o["run_graphs_per_s"] / rate
         print(f"{n:>8} {per_batch:>9} {rate:>15.1f} {p99:>13.2f} {o['run_graphs_per_s']:>13.1f} "
               f"{o['run_p99_ms']:>11.2f} {ratio:>9.2f}x")
-        rows.append({"entities": n, "torch_graphs_per_s": rate, "torch_p99_ms": p99,
-                     "ratio": ratio})
+        rows.append({"entities": n, "per_batch": per_batch, "torch_graphs_per_s": rate,
+                     "torch_p99_ms": p99, "ort": o, "ratio": ratio})
     (args.dir / "torch.json").write_text(json.dumps({"device": args.device, "rows": rows}))
+    if args.markdown:
+        with args.markdown.open("a") as out:
+            out.write(markdown(rows, threads, args.device))
+
+
+def markdown(rows, threads, device):
+    """The BENCHMARKS.md section: ONNX Runtime (korvid's detect) beside PyTorch eager."""
+    lines = [
+        "",
+        "## detect.model (`cargo bench --bench model` + `detect/model/bench_torch.py`)",
+        "",
+        f"The graph model on window-shaped graphs, batched as detect batches them (disjoint unions "
+        f"up to the batch budgets), {threads} threads. korvid: ONNX Runtime through `Model::run`, "
+        f"one batch at a time. Baseline: PyTorch {torch.__version__} eager ({device}) on the same "
+        f"inputs and batches, same run. Ratio: korvid time per graph / baseline time per graph.",
+        "",
+        "| entities per window | windows per batch | korvid graphs/s | korvid p99 batch ms "
+        "| baseline graphs/s | baseline p99 batch ms | korvid time / baseline time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        o = r["ort"]
+        lines.append(f"| {r['entities']} | {r['per_batch']} | {o['run_graphs_per_s']:.0f} "
+                     f"| {o['run_p99_ms']:.1f} | {r['torch_graphs_per_s']:.0f} "
+                     f"| {r['torch_p99_ms']:.1f} | {1 / r['ratio']:.2f} |")
+    lines.append("")
+    lines.append("- Through detect's `Batcher` with every window submitted at once: " + "; ".join(
+        f"{r['entities']} entities {r['ort']['batcher_graphs_per_s']:.0f} graphs/s, "
+        f"p99 submit-to-answer {r['ort']['batcher_p99_ms']:.0f} ms" for r in rows) + ".")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
