@@ -43,6 +43,8 @@ pub struct KorvidConfig {
     pub dir: PathBuf,
     /// An external Kafka to use instead of the embedded broker.
     pub external_kafka: Option<String>,
+    /// Extra lines for `[kafka]`.
+    pub kafka_extra: String,
     /// Extra lines for `[ingest.audit_webhook]`, and whether it serves HTTPS.
     pub webhook_extra: String,
     pub https: bool,
@@ -69,6 +71,7 @@ impl KorvidConfig {
         let cfg = KorvidConfig {
             dir: dir.to_path_buf(),
             external_kafka,
+            kafka_extra: String::new(),
             webhook_extra: String::new(),
             https: false,
             extra: String::new(),
@@ -84,6 +87,13 @@ impl KorvidConfig {
     /// Appends TOML at the end of the config file and rewrites it.
     pub fn with_extra(mut self, toml: &str) -> Self {
         self.extra = toml.to_string();
+        self.write();
+        self
+    }
+
+    /// Adds `[kafka]` lines and rewrites the config file.
+    pub fn with_kafka_extra(mut self, toml: &str) -> Self {
+        self.kafka_extra = toml.to_string();
         self.write();
         self
     }
@@ -105,7 +115,7 @@ listen = "127.0.0.1:{broker}"
 
 [kafka]
 partitions = 2
-{bootstrap}
+{bootstrap}{kafka_extra}
 [telemetry]
 listen = "127.0.0.1:{telemetry}"
 otlp_endpoint = "{traces}"
@@ -138,6 +148,7 @@ timeout_ms = 500
 {extra}
 "#,
             extra = self.extra,
+            kafka_extra = self.kafka_extra,
             down = free_port(),
             dir = self.dir.display(),
             bootstrap = self
