@@ -124,14 +124,17 @@ async fn restarting_tansu_loses_and_repeats_nothing() {
 
 /// The broker of a run.
 enum Broker {
-    /// tansu in its own process, on `settings.storage`.
-    Tansu {
-        settings: BrokerSettings,
-        dir: tempfile::TempDir,
-        running: Option<LocalBroker>,
-    },
+    /// tansu in its own process.
+    Tansu(Box<Tansu>),
     /// librdkafka's mock cluster (one broker) in this process.
     Mock(MockCluster<'static, DefaultProducerContext>),
+}
+
+/// tansu on `settings.storage` in `dir`, while `running`.
+struct Tansu {
+    settings: BrokerSettings,
+    dir: tempfile::TempDir,
+    running: Option<LocalBroker>,
 }
 
 impl Broker {
@@ -145,11 +148,11 @@ impl Broker {
         let running = LocalBroker::start(&settings, dir.path())
             .await
             .expect("broker (make setup installs it)");
-        Broker::Tansu {
+        Broker::Tansu(Box::new(Tansu {
             settings,
             dir,
             running: Some(running),
-        }
+        }))
     }
 
     /// The mock cluster has no CreateTopics: the topics are made here, with the partitions
@@ -164,7 +167,7 @@ impl Broker {
 
     fn bootstrap(&self) -> String {
         match self {
-            Broker::Tansu { settings, .. } => settings.listen.clone(),
+            Broker::Tansu(t) => t.settings.listen.clone(),
             Broker::Mock(cluster) => cluster.bootstrap_servers(),
         }
     }
@@ -172,8 +175,8 @@ impl Broker {
     /// Goes away: connections dropped and refused.
     async fn go_away(&mut self) {
         match self {
-            Broker::Tansu { running, .. } => {
-                running
+            Broker::Tansu(t) => {
+                t.running
                     .take()
                     .expect("running")
                     .stop(Duration::from_secs(5))
@@ -186,13 +189,9 @@ impl Broker {
     /// Comes back on the data it had.
     async fn come_back(&mut self) {
         match self {
-            Broker::Tansu {
-                settings,
-                dir,
-                running,
-            } => {
-                *running = Some(
-                    LocalBroker::start(settings, dir.path())
+            Broker::Tansu(t) => {
+                t.running = Some(
+                    LocalBroker::start(&t.settings, t.dir.path())
                         .await
                         .expect("broker restarts"),
                 );
@@ -203,17 +202,18 @@ impl Broker {
 
     fn log(&self) -> String {
         match self {
-            Broker::Tansu {
-                running: Some(b), ..
-            } => std::fs::read_to_string(&b.log_path).unwrap_or_default(),
-            _ => String::new(),
+            Broker::Tansu(t) => t
+                .running
+                .as_ref()
+                .map(|b| std::fs::read_to_string(&b.log_path).unwrap_or_default())
+                .unwrap_or_default(),
+            Broker::Mock(_) => String::new(),
         }
     }
 
     async fn stop(self) {
-        if let Broker::Tansu {
-            running: Some(b), ..
-        } = self
+        if let Broker::Tansu(t) = self
+            && let Some(b) = t.running
         {
             b.stop(Duration::from_secs(2)).await;
         }
@@ -278,7 +278,7 @@ async fn faults(mut broker: Broker, faults: Faults) {
     // a restarted service take its partitions back quickly (see tests/scale_out.rs).
     let kafka_extra = match broker {
         Broker::Mock(_) => "create_topics = false\n",
-        Broker::Tansu { .. } => "",
+        Broker::Tansu(_) => "",
     };
     let cfg = KorvidConfig::with_kafka(dir.path(), &receiver.url, &broker.bootstrap())
         .with_kafka_extra(kafka_extra)
