@@ -31,6 +31,8 @@ use serde::{Deserialize, Serialize};
 
 /// The services, one Deployment each.
 const SERVICES: [&str; 5] = ["ingest", "enrich", "detect", "notify", "lake"];
+/// The services with a consumer group (ingest only produces): each pod joins as itself.
+const GROUP_CONSUMERS: [&str; 4] = ["enrich", "detect", "notify", "lake"];
 /// The image's user (Dockerfile `USER 10001`).
 const UID: i64 = 10001;
 /// The telemetry routes (common/src/telemetry.rs); `the_probe_and_scrape_paths_are_served`
@@ -388,11 +390,25 @@ fn config_text(m: &Manifests, pod: &str, spec: &PodSpec, c: &Container) -> Strin
     panic!("{pod}: korvid.toml does not come from a ConfigMap");
 }
 
+/// The name a pod of Deployment `deployment` gets (the downward API's `metadata.name`).
+fn pod_name(deployment: &str) -> String {
+    format!("{deployment}-7c9f8d6b5-x2v4q")
+}
+
+/// A variable's value with the `$(NAME)` references to variables defined before it replaced,
+/// as the kubelet expands them (an undefined reference stays as written).
+fn expand(value: &str, defined: &[(String, String)]) -> String {
+    defined.iter().fold(value.to_string(), |v, (name, with)| {
+        v.replace(&format!("$({name})"), with)
+    })
+}
+
 /// Loads korvid.toml with the pod's KORVID__ variables through the real loader, and runs the
 /// binary on the same file and variables. A variable naming a file (`..._FILE`) must point
 /// into a mounted Secret or ConfigMap; here it names a placeholder file instead (the real one
 /// exists only in the pod), so its name and its fit with the other settings are still checked.
-/// A variable from a Secret key stands in with a placeholder value, for the same reason.
+/// A variable from a Secret key stands in with a placeholder value, for the same reason; one
+/// from the pod's `metadata.name` gets [`pod_name`]. `$(NAME)` references are expanded.
 fn load_settings(
     pod: &str,
     text: &str,
@@ -401,11 +417,26 @@ fn load_settings(
 ) -> DeployedSettings {
     let dir = tempfile::tempdir().expect("tmp");
     let mut env = Vec::new();
+    let mut defined: Vec<(String, String)> = Vec::new();
     for var in c.env.iter().flatten() {
+        let field = var
+            .value_from
+            .as_ref()
+            .and_then(|f| f.field_ref.as_ref())
+            .map(|f| f.field_path.as_str());
+        let value = match (&var.value, field) {
+            (Some(v), _) => Some(expand(v, &defined)),
+            (None, Some("metadata.name")) => Some(pod_name(pod)),
+            (None, Some(path)) => Some(format!("placeholder-for-{path}")),
+            (None, None) => None,
+        };
+        if let Some(v) = &value {
+            defined.push((var.name.clone(), v.clone()));
+        }
         if !var.name.starts_with("KORVID__") {
             continue;
         }
-        match &var.value {
+        match &value {
             Some(v) if var.name.ends_with("_FILE") => {
                 assert!(
                     mounted(v),
@@ -1029,6 +1060,29 @@ fn check_production_kafka(pods: &[Pod<'_>], origin: &str) {
     }
 }
 
+/// Static group membership: every consumer pod joins its group as itself, its own name (from
+/// the downward API) as `kafka.group_instance_id`, so a restarted pod gets its partitions back
+/// without a rebalance; two pods never share an id (the broker would fence one of them).
+fn check_static_membership(pods: &[Pod<'_>], origin: &str) {
+    for p in pods {
+        if !GROUP_CONSUMERS.contains(&p.subcommand.as_str()) {
+            continue;
+        }
+        let own = pod_name(&p.name);
+        assert_eq!(
+            p.settings.kafka.group_instance_id.as_deref(),
+            Some(own.as_str()),
+            "{origin}: {}: kafka.group_instance_id is not the pod's name",
+            p.name
+        );
+        assert!(
+            !p.settings.kafka.client.contains_key("group.instance.id"),
+            "{origin}: {}: one group.instance.id for every pod",
+            p.name
+        );
+    }
+}
+
 /// Every check above, for one rendering.
 fn check_rendering(m: &Manifests) -> Vec<Pod<'_>> {
     let pods = pods(m);
@@ -1046,6 +1100,7 @@ fn check_rendering(m: &Manifests) -> Vec<Pod<'_>> {
     check_autoscaler(m, &pods);
     check_disruption_budgets(m, &pods);
     check_kafka_security(m, &pods);
+    check_static_membership(&pods, &m.origin);
     for r in &m.cluster_roles {
         check_read_only(&r.rules.clone().unwrap_or_default(), &m.origin);
     }
@@ -1206,6 +1261,7 @@ fn the_production_overlay_takes_kafka_credentials_from_secrets() {
     }
     let pods = pods(&overlay);
     check_kafka_security(&overlay, &pods);
+    check_static_membership(&pods, &overlay.origin);
     check_production_kafka(&pods, &overlay.origin);
 }
 
@@ -1280,6 +1336,36 @@ fn the_helm_chart_agrees_with_the_code() {
         "values.yaml rbac.rules vs deploy/rbac.yaml"
     );
 
+    // Static membership, on by default: each consumer's Deployment passes its pod's name
+    // (downward API) as the group instance id when kafka.staticMembership is on; ingest has no
+    // consumer group. The rendering below checks the ids themselves.
+    assert_eq!(
+        values["kafka"]["staticMembership"].as_bool(),
+        Some(true),
+        "values.yaml kafka.staticMembership"
+    );
+    for service in SERVICES {
+        let file = format!("templates/deployment-{service}.yaml");
+        let text = read(&dir.join(&file));
+        let sets = text.contains("KORVID__KAFKA__GROUP_INSTANCE_ID");
+        assert_eq!(
+            sets,
+            GROUP_CONSUMERS.contains(&service),
+            "{file}: static membership exactly for the group consumers"
+        );
+        if sets {
+            for part in [
+                "if .Values.kafka.staticMembership",
+                r#"(dict "name" "POD_NAME" "valueFrom" (dict "fieldRef" (dict "fieldPath" "metadata.name")))"#,
+                r#"(dict "name" "KORVID__KAFKA__GROUP_INSTANCE_ID" "value" "$(POD_NAME)")"#,
+                r#"set $args "env""#,
+                r#"include "korvid.deployment" $args"#,
+            ] {
+                assert!(text.contains(part), "{file}: no {part}");
+            }
+        }
+    }
+
     let chart_dir = dir.display().to_string();
     let Some(rendered) = tool_output(
         "helm",
@@ -1294,6 +1380,31 @@ fn the_helm_chart_agrees_with_the_code() {
     let mut m = Manifests::new("helm template deploy/helm/korvid", "korvid");
     m.add(&rendered, "helm template deploy/helm/korvid");
     check_rendering(&m);
+
+    // Static membership off: no pod sets a group instance id.
+    let rendered = tool_output(
+        "helm",
+        &[
+            "template",
+            "korvid",
+            &chart_dir,
+            "--namespace",
+            "korvid",
+            "--set",
+            "kafka.staticMembership=false",
+        ],
+    )
+    .expect("helm ran before");
+    let origin = "helm template deploy/helm/korvid (kafka.staticMembership: false)";
+    let mut m = Manifests::new(origin, "korvid");
+    m.add(&rendered, origin);
+    for p in pods(&m) {
+        assert_eq!(
+            p.settings.kafka.group_instance_id, None,
+            "{origin}: {}",
+            p.name
+        );
+    }
 
     // Kafka over SASL_SSL with mutual TLS, every secret from a Secret.
     let mut args = vec!["template", "korvid", &chart_dir, "--namespace", "korvid"];

@@ -58,6 +58,11 @@ pub struct KafkaSettings {
     pub security: KafkaSecurity,
     /// Extra librdkafka properties for every client (tuning; security belongs in `security`).
     pub client: BTreeMap<String, String>,
+    /// Static group membership: librdkafka's `group.instance.id` for this process's group
+    /// consumers, unique per instance (a pod's name), so a restarted instance gets its
+    /// partitions back without a rebalance. Its own key because `[kafka.client]` keys contain
+    /// dots, which `KORVID__` variables cannot spell. Unset: dynamic membership.
+    pub group_instance_id: Option<String>,
     /// Confluent Schema Registry URL. Unset: Avro single-object encoding.
     pub schema_registry_url: Option<String>,
     /// Schema Registry basic-auth user.
@@ -81,6 +86,7 @@ impl Default for KafkaSettings {
             group_prefix: "korvid".into(),
             security: KafkaSecurity::default(),
             client: BTreeMap::new(),
+            group_instance_id: None,
             schema_registry_url: None,
             schema_registry_username: None,
             schema_registry_password: None,
@@ -341,6 +347,15 @@ impl Validate for KafkaSettings {
                 ));
             }
         }
+        if let Some(id) = &self.group_instance_id {
+            require_group_instance_id(id)?;
+            if self.client.contains_key("group.instance.id") {
+                return Err(SettingsError::invalid(
+                    "kafka.group_instance_id",
+                    "conflicts with kafka.client.\"group.instance.id\"; set it in one place",
+                ));
+            }
+        }
         self.security.validate()?;
         if self.security.protocol != SecurityProtocol::Plaintext
             && let Some(key) = self.client.keys().find(|k| {
@@ -362,6 +377,20 @@ impl Validate for KafkaSettings {
         }
         Ok(())
     }
+}
+
+/// Kafka's rule for `group.instance.id` (as for topic names): 1 to 249 of `[a-zA-Z0-9._-]`, not
+/// `.` or `..`. A pod name always fits; `$(POD_NAME)` left unexpanded (the variable not defined
+/// before it in the pod's `env`) does not, and is refused at start rather than by the broker.
+fn require_group_instance_id(id: &str) -> Result<(), SettingsError> {
+    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if id.is_empty() || id.len() > 249 || !id.chars().all(legal) || id == "." || id == ".." {
+        return Err(SettingsError::invalid(
+            "kafka.group_instance_id",
+            format!("`{id}` is not 1 to 249 of ASCII letters, digits, '.', '_' and '-'"),
+        ));
+    }
+    Ok(())
 }
 
 /// Topic names, derived from the prefix.
@@ -711,22 +740,10 @@ impl KafkaContext {
         group: &str,
         topics: &[&str],
     ) -> Result<AtLeastOnceConsumer, KafkaClientError> {
-        let mut cfg = self.client_config();
-        cfg.set("group.id", group)
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
-            // Alerts are latency-sensitive and volumes per hop are modest: do not let an idle
-            // fetch sit at the broker for librdkafka's default 500 ms.
-            .set("fetch.wait.max.ms", "100")
-            .set("enable.partition.eof", "false")
-            // Statistics carry each partition's lag (RebalanceContext::stats).
-            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
         let (tx, rx) = std::sync::mpsc::channel();
         let (assigned_tx, assigned_rx) = std::sync::mpsc::channel();
-        let consumer: StreamConsumer<RebalanceContext> = cfg
+        let consumer: StreamConsumer<RebalanceContext> = self
+            .consumer_config(group)
             .create_with_context(RebalanceContext {
                 revoked: tx,
                 assigned: assigned_tx,
@@ -740,6 +757,29 @@ impl KafkaContext {
             revoked: Mutex::new(rx),
             assigned: Mutex::new(assigned_rx),
         })
+    }
+
+    /// The configuration of a group consumer: at-least-once offsets, and static membership when
+    /// `kafka.group_instance_id` is set (only group consumers join a group; producers and the
+    /// followers, which assign partitions themselves, never take it).
+    fn consumer_config(&self, group: &str) -> ClientConfig {
+        let mut cfg = self.client_config();
+        if let Some(id) = &self.settings.group_instance_id {
+            cfg.set("group.instance.id", id);
+        }
+        cfg.set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            // Alerts are latency-sensitive and volumes per hop are modest: do not let an idle
+            // fetch sit at the broker for librdkafka's default 500 ms.
+            .set("fetch.wait.max.ms", "100")
+            .set("enable.partition.eof", "false")
+            // Statistics carry each partition's lag (RebalanceContext::stats).
+            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
+        cfg
     }
 
     /// A decoder for values of `R`, fetching unknown registry ids when a registry is configured.
@@ -1526,6 +1566,79 @@ mod tests {
             let made: Result<rdkafka::producer::BaseProducer, _> = cfg.create();
             assert!(made.is_ok(), "{:?}", made.err());
         }
+    }
+
+    /// The `[kafka]` table of a whole settings file, as the services load it.
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default)]
+    struct WithKafka {
+        kafka: KafkaSettings,
+    }
+
+    impl Validate for WithKafka {
+        fn validate(&self) -> Result<(), SettingsError> {
+            self.kafka.validate()
+        }
+    }
+
+    #[test]
+    fn static_membership_comes_from_the_environment_for_group_consumers_only() {
+        let env = |id: &str| {
+            vec![(
+                "KORVID__KAFKA__GROUP_INSTANCE_ID".to_string(),
+                id.to_string(),
+            )]
+        };
+        let settings = crate::settings::load::<WithKafka>(None, env("korvid-detect-7c9f8-x2v4q"))
+            .expect("valid")
+            .kafka;
+        assert_eq!(
+            settings.group_instance_id.as_deref(),
+            Some("korvid-detect-7c9f8-x2v4q")
+        );
+        let ctx = KafkaContext::new(settings, "127.0.0.1:1".into(), &Telemetry::new());
+        let consumer = ctx.consumer_config("korvid-detect");
+        assert_eq!(
+            consumer.get("group.instance.id"),
+            Some("korvid-detect-7c9f8-x2v4q")
+        );
+        assert_eq!(consumer.get("group.id"), Some("korvid-detect"));
+        assert_eq!(
+            ctx.client_config().get("group.instance.id"),
+            None,
+            "producers and followers are no group members"
+        );
+        let made: Result<rdkafka::consumer::BaseConsumer, _> = consumer.create();
+        assert!(made.is_ok(), "librdkafka takes it: {:?}", made.err());
+
+        let unset = KafkaContext::new(
+            KafkaSettings::default(),
+            "127.0.0.1:1".into(),
+            &Telemetry::new(),
+        );
+        assert_eq!(
+            unset
+                .consumer_config("korvid-detect")
+                .get("group.instance.id"),
+            None,
+            "dynamic membership by default"
+        );
+
+        // `$(POD_NAME)` that Kubernetes did not expand, and other ids Kafka refuses.
+        for id in ["", "$(POD_NAME)", "pod name", "..", &"x".repeat(250)] {
+            let e = crate::settings::load::<WithKafka>(None, env(id))
+                .expect_err(id)
+                .to_string();
+            assert!(e.contains("kafka.group_instance_id"), "{id}: {e}");
+        }
+        let mut both = KafkaSettings {
+            group_instance_id: Some("pod-a".into()),
+            ..Default::default()
+        };
+        both.client
+            .insert("group.instance.id".into(), "pod-b".into());
+        let e = both.validate().expect_err("two places").to_string();
+        assert!(e.contains("kafka.group_instance_id"), "{e}");
     }
 
     #[test]
