@@ -3,9 +3,10 @@
 //! loads through the real settings loader, its listen ports are the ones the Services, probes
 //! and scrape annotations use, the watcher role reads exactly what ingest watches, the API
 //! server's webhook kubeconfig posts to the route ingest serves, the production overlay's Kafka
-//! security (protocol in the ConfigMap, password and CA from Secrets) reaches every pod, and the
-//! dashboard queries only metrics korvid registers. The Helm chart gets the same checks when
-//! `helm` is on PATH, and kustomize's own rendering when `kubectl` is.
+//! security (protocol in the ConfigMap, password and CA from Secrets) reaches every pod, the
+//! telemetry server's TLS and token come from Secrets with probes and scrape annotations to
+//! match, and the dashboard queries only metrics korvid registers. The Helm chart gets the same
+//! checks when `helm` is on PATH, and kustomize's own rendering when `kubectl` is.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -40,6 +41,15 @@ const UID: i64 = 10001;
 const LIVENESS: &str = "/healthz";
 const READINESS: &str = "/readyz";
 const METRICS: &str = "/metrics";
+/// The variables that give every pod the telemetry server's access settings: certificate, key,
+/// client CA and token as files from mounted Secrets, and whether the probes need the token.
+const TELEMETRY_VARS: [&str; 5] = [
+    "KORVID__TELEMETRY__TLS__CERT_FILE",
+    "KORVID__TELEMETRY__TLS__KEY_FILE",
+    "KORVID__TELEMETRY__TLS__CLIENT_CA_FILE",
+    "KORVID__TELEMETRY__BEARER_TOKEN_FILE",
+    "KORVID__TELEMETRY__PROBES_REQUIRE_TOKEN",
+];
 
 /// A Service port: (Service, namespace, port) -> (subcommand of the pods, pod port).
 type Reach = BTreeMap<(String, String, i32), (String, i32)>;
@@ -628,7 +638,10 @@ fn check_locked_down(p: &Pod<'_>) {
     }
 }
 
-/// The telemetry server listens where the probes, scrape annotations and ports say.
+/// The telemetry server listens where the probes, scrape annotations and ports say, and the
+/// probes reach it as its access settings allow: a GET without headers (over HTTPS with
+/// `telemetry.tls`) while the probes are open, a TCP check of the port where the kubelet cannot
+/// pass (it presents no client certificate, and a token in the pod spec would leak).
 fn check_telemetry(p: &Pod<'_>) {
     let n = &p.name;
     let listen = socket(&p.settings.telemetry.listen, "telemetry.listen");
@@ -642,16 +655,49 @@ fn check_telemetry(p: &Pod<'_>) {
         port,
         "{n}: containerPort metrics vs telemetry.listen"
     );
+    let t = &p.settings.telemetry;
+    let https = t.tls.is_some();
+    let mutual = t
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.client_ca_file.is_some());
+    let closed = mutual || t.probes_require_token;
     for (probe, path, what) in [
         (&p.container.liveness_probe, LIVENESS, "liveness"),
         (&p.container.readiness_probe, READINESS, "readiness"),
     ] {
-        let get = probe
+        let probe = probe
             .as_ref()
-            .and_then(|pr| pr.http_get.clone())
+            .unwrap_or_else(|| panic!("{n}: no {what} probe"));
+        if closed {
+            let tcp = probe.tcp_socket.as_ref().unwrap_or_else(|| {
+                panic!(
+                    "{n}: the {what} probe cannot pass mutual TLS or a token: probe the port \
+                     with tcpSocket"
+                )
+            });
+            assert!(
+                probe.http_get.is_none() && probe.exec.is_none() && probe.grpc.is_none(),
+                "{n}: one {what} probe handler"
+            );
+            assert_eq!(p.port(&tcp.port), port, "{n}: {what} probe port");
+            continue;
+        }
+        let get = probe
+            .http_get
+            .as_ref()
             .unwrap_or_else(|| panic!("{n}: no HTTP {what} probe"));
         assert_eq!(get.path.as_deref(), Some(path), "{n}: {what} probe path");
         assert_eq!(p.port(&get.port), port, "{n}: {what} probe port");
+        assert_eq!(
+            get.scheme.as_deref().unwrap_or("HTTP"),
+            if https { "HTTPS" } else { "HTTP" },
+            "{n}: {what} probe scheme vs telemetry.tls"
+        );
+        assert!(
+            get.http_headers.as_ref().is_none_or(Vec::is_empty),
+            "{n}: the {what} probe sends headers to probes that need none"
+        );
     }
     let annotation = |k: &str| p.annotations.get(k).map(String::as_str);
     assert_eq!(
@@ -669,6 +715,58 @@ fn check_telemetry(p: &Pod<'_>) {
         Some(METRICS),
         "{n}: scrape path"
     );
+    assert_eq!(
+        annotation("prometheus.io/scheme").unwrap_or("http"),
+        if https { "https" } else { "http" },
+        "{n}: scrape scheme vs telemetry.tls"
+    );
+}
+
+/// Every pod serves its telemetry the same way (one scrape config fits them all), and its
+/// certificate, key, client CA and token are files in mounted Secrets, named by variables.
+fn check_telemetry_access(m: &Manifests, pods: &[Pod<'_>]) {
+    let origin = &m.origin;
+    let way = |p: &Pod<'_>| {
+        let t = &p.settings.telemetry;
+        (
+            t.tls.is_some(),
+            t.tls
+                .as_ref()
+                .is_some_and(|tls| tls.client_ca_file.is_some()),
+            t.bearer_token_file.is_some(),
+            t.probes_require_token,
+        )
+    };
+    let Some(first) = pods.first() else { return };
+    for p in pods {
+        let n = &p.name;
+        assert_eq!(
+            way(p),
+            way(first),
+            "{origin}: {n} and {} serve telemetry differently",
+            first.name
+        );
+        let (tls, mutual, token, _) = way(p);
+        for (var, set) in [
+            (TELEMETRY_VARS[0], tls),
+            (TELEMETRY_VARS[1], tls),
+            (TELEMETRY_VARS[2], mutual),
+            (TELEMETRY_VARS[3], token),
+        ] {
+            if !set {
+                continue;
+            }
+            let path = p
+                .env(var)
+                .unwrap_or_else(|| panic!("{origin}: {n}: the file is not given by {var}"));
+            let (volume, _) = volume_holding(p.spec, p.container, &path)
+                .unwrap_or_else(|| panic!("{origin}: {n}: {path} is not mounted"));
+            assert!(
+                volume.secret.is_some(),
+                "{origin}: {n}: {var} = {path} is not in a mounted Secret"
+            );
+        }
+    }
 }
 
 /// Every Service selects pods, and forwards only to ports they declare.
@@ -1060,6 +1158,32 @@ fn check_production_kafka(pods: &[Pod<'_>], origin: &str) {
     }
 }
 
+/// The production overlay's telemetry: HTTPS and a bearer token on /metrics in every pod, the
+/// probes left open (no client CA, no token on them), so they stay HTTPS GETs.
+fn check_production_telemetry(pods: &[Pod<'_>], origin: &str) {
+    assert_eq!(pods.len(), SERVICES.len(), "{origin}: every service");
+    for p in pods {
+        let n = &p.name;
+        let t = &p.settings.telemetry;
+        let tls = t
+            .tls
+            .as_ref()
+            .unwrap_or_else(|| panic!("{origin}: {n}: telemetry over plain HTTP"));
+        assert!(
+            tls.client_ca_file.is_none(),
+            "{origin}: {n}: mutual TLS would shut the kubelet's probes out"
+        );
+        assert!(
+            t.bearer_token_file.is_some(),
+            "{origin}: {n}: /metrics without a token"
+        );
+        assert!(
+            !t.probes_require_token,
+            "{origin}: {n}: probes need the token"
+        );
+    }
+}
+
 /// Static group membership: every consumer pod joins its group as itself, its own name (from
 /// the downward API) as `kafka.group_instance_id`, so a restarted pod gets its partitions back
 /// without a rebalance; two pods never share an id (the broker would fence one of them).
@@ -1100,6 +1224,7 @@ fn check_rendering(m: &Manifests) -> Vec<Pod<'_>> {
     check_autoscaler(m, &pods);
     check_disruption_budgets(m, &pods);
     check_kafka_security(m, &pods);
+    check_telemetry_access(m, &pods);
     check_static_membership(&pods, &m.origin);
     for r in &m.cluster_roles {
         check_read_only(&r.rules.clone().unwrap_or_default(), &m.origin);
@@ -1194,15 +1319,19 @@ fn kustomize_renders_the_base_and_the_production_overlay() {
     overlay.add(&rendered, dir);
     let pods = check_rendering(&overlay);
     check_production_kafka(&pods, dir);
+    check_production_telemetry(&pods, dir);
 }
 
-/// The production overlay's Kafka security without kubectl: the base with the overlay's
-/// korvid.toml in the ConfigMap (its configMapGenerator replaces the base's) and kafka-sasl.yaml
-/// merged into every Deployment as kustomize merges those lists (env by name, mounts by path,
-/// volumes by name). `kustomize_renders_the_base_and_the_production_overlay` checks kustomize's
-/// own rendering where kubectl is installed.
-#[test]
-fn the_production_overlay_takes_kafka_credentials_from_secrets() {
+/// The patches of the production overlay that change every Deployment: Kafka's credentials and
+/// the telemetry server's access.
+const PRODUCTION_PATCHES: [&str; 2] = ["kafka-sasl.yaml", "telemetry-access.yaml"];
+
+/// The production overlay without kubectl: the base with the overlay's korvid.toml in the
+/// ConfigMap (its configMapGenerator replaces the base's) and [`PRODUCTION_PATCHES`] merged into
+/// every Deployment as kustomize merges them (env by name, mounts by path, volumes by name, pod
+/// annotations by key, the probes' scheme). `kustomize_renders_the_base_and_the_production_overlay`
+/// checks kustomize's own rendering where kubectl is installed.
+fn production_overlay_by_hand() -> Manifests {
     let dir = repo().join("deploy/kustomize/overlays/production");
     let k = yaml(&read(&dir.join("kustomization.yaml")), "kustomization.yaml");
     let generated = k["configMapGenerator"]
@@ -1220,15 +1349,20 @@ fn the_production_overlay_takes_kafka_credentials_from_secrets() {
         generated,
         "the overlay replaces korvid-config with its korvid.toml"
     );
-    let patched = k["patches"].as_sequence().into_iter().flatten().any(|p| {
-        p["path"].as_str() == Some("kafka-sasl.yaml")
-            && p["target"]["kind"].as_str() == Some("Deployment")
-            && p["target"]["name"].is_null()
-    });
-    assert!(patched, "kafka-sasl.yaml patches every Deployment");
+    for file in PRODUCTION_PATCHES {
+        let patched = k["patches"].as_sequence().into_iter().flatten().any(|p| {
+            p["path"].as_str() == Some(file)
+                && p["target"]["kind"].as_str() == Some("Deployment")
+                && p["target"]["name"].is_null()
+        });
+        assert!(patched, "{file} patches every Deployment");
+    }
 
     let mut overlay = kustomize_base();
-    overlay.origin = "deploy/kustomize/overlays/production (korvid.toml, kafka-sasl.yaml)".into();
+    overlay.origin = format!(
+        "deploy/kustomize/overlays/production (korvid.toml, {})",
+        PRODUCTION_PATCHES.join(", ")
+    );
     let config = overlay
         .config_maps
         .iter_mut()
@@ -1238,31 +1372,102 @@ fn the_production_overlay_takes_kafka_credentials_from_secrets() {
         .data
         .get_or_insert_with(BTreeMap::new)
         .insert("korvid.toml".into(), read(&dir.join("korvid.toml")));
-    let patch = yaml(&read(&dir.join("kafka-sasl.yaml")), "kafka-sasl.yaml");
-    let pod = &patch["spec"]["template"]["spec"];
-    let containers: Vec<Container> = typed(pod["containers"].clone(), "kafka-sasl.yaml containers");
-    let volumes: Vec<Volume> = typed(pod["volumes"].clone(), "kafka-sasl.yaml volumes");
+    for file in PRODUCTION_PATCHES {
+        let patch = yaml(&read(&dir.join(file)), file);
+        merge_into_every_deployment(&mut overlay, &patch, file);
+    }
+    overlay
+}
+
+/// Merges one patch of every Deployment's pod template into each Deployment.
+fn merge_into_every_deployment(overlay: &mut Manifests, patch: &serde_yaml::Value, file: &str) {
+    let template = &patch["spec"]["template"];
+    let annotations: BTreeMap<String, String> = match &template["metadata"]["annotations"] {
+        serde_yaml::Value::Null => BTreeMap::new(),
+        a => serde_yaml::from_value(a.clone())
+            .unwrap_or_else(|e| panic!("{file}: pod annotations: {e}")),
+    };
+    let pod = &template["spec"];
+    // A probe patch names only what it changes (no port), which its Kubernetes type refuses:
+    // its scheme is merged here, the rest of the container through the type.
+    let mut schemes = Vec::new();
+    let mut containers = pod["containers"].clone();
+    for c in containers.as_sequence_mut().into_iter().flatten() {
+        let c = c.as_mapping_mut().expect("a container is a mapping");
+        for probe in ["livenessProbe", "readinessProbe"] {
+            if let Some(p) = c.remove(probe) {
+                let scheme = p["httpGet"]["scheme"].as_str().map(str::to_string);
+                schemes.push((probe, scheme));
+            }
+        }
+    }
+    let containers: Vec<Container> = typed(containers, &format!("{file} containers"));
+    let volumes: Vec<Volume> = match &pod["volumes"] {
+        serde_yaml::Value::Null => Vec::new(),
+        v => typed(v.clone(), &format!("{file} volumes")),
+    };
     for d in &mut overlay.deployments {
+        let meta = d
+            .spec
+            .template
+            .metadata
+            .get_or_insert_with(Default::default);
+        meta.annotations
+            .get_or_insert_with(BTreeMap::new)
+            .extend(annotations.clone());
         let spec = d.spec.template.spec.as_mut().expect("pod spec");
         for patch in &containers {
             let c = spec
                 .containers
                 .iter_mut()
                 .find(|c| c.name == patch.name)
-                .unwrap_or_else(|| panic!("kafka-sasl.yaml: no container {}", patch.name));
+                .unwrap_or_else(|| panic!("{file}: no container {}", patch.name));
             merge_by(&mut c.env, patch.env.iter().flatten(), |e| e.name.clone());
             merge_by(
                 &mut c.volume_mounts,
                 patch.volume_mounts.iter().flatten(),
                 |m| m.mount_path.clone(),
             );
+            for (probe, scheme) in &schemes {
+                let into = match *probe {
+                    "livenessProbe" => &mut c.liveness_probe,
+                    _ => &mut c.readiness_probe,
+                };
+                let get = into
+                    .as_mut()
+                    .and_then(|p| p.http_get.as_mut())
+                    .unwrap_or_else(|| panic!("{file}: {probe} patches no HTTP probe"));
+                if scheme.is_some() {
+                    get.scheme.clone_from(scheme);
+                }
+            }
         }
         merge_by(&mut spec.volumes, &volumes, |v| v.name.clone());
     }
+}
+
+/// The production overlay's Kafka security (without kubectl): SASL_SSL, password and CA from
+/// Secrets.
+#[test]
+fn the_production_overlay_takes_kafka_credentials_from_secrets() {
+    let overlay = production_overlay_by_hand();
     let pods = pods(&overlay);
     check_kafka_security(&overlay, &pods);
     check_static_membership(&pods, &overlay.origin);
     check_production_kafka(&pods, &overlay.origin);
+}
+
+/// The production overlay's telemetry (without kubectl): HTTPS and a bearer token from Secrets,
+/// the probes HTTPS GETs, the scrape annotations https.
+#[test]
+fn the_production_overlay_serves_metrics_over_https_with_a_token() {
+    let overlay = production_overlay_by_hand();
+    let pods = pods(&overlay);
+    for p in &pods {
+        check_telemetry(p);
+    }
+    check_telemetry_access(&overlay, &pods);
+    check_production_telemetry(&pods, &overlay.origin);
 }
 
 /// A strategic merge of one list: items with the key of an existing one replace it, others
@@ -1366,6 +1571,8 @@ fn the_helm_chart_agrees_with_the_code() {
         }
     }
 
+    check_chart_telemetry_access(&dir, &values);
+
     let chart_dir = dir.display().to_string();
     let Some(rendered) = tool_output(
         "helm",
@@ -1430,6 +1637,318 @@ fn the_helm_chart_agrees_with_the_code() {
             s.cert_file.is_some() && s.key_file.is_some(),
             "{origin}: {}: no client certificate",
             p.name
+        );
+    }
+
+    render_chart_telemetry_access(&chart_dir);
+}
+
+/// The body of `{{- define "<name>" -}}` in a template file, to its closing `{{- end -}}`.
+fn helm_define<'a>(text: &'a str, define: &str) -> &'a str {
+    let open = format!("{{{{- define \"{define}\" -}}}}");
+    let at = text
+        .find(&open)
+        .unwrap_or_else(|| panic!("no template {define}"))
+        + open.len();
+    let len = text[at..]
+        .find("{{- end -}}")
+        .unwrap_or_else(|| panic!("template {define} does not end"));
+    &text[at..at + len]
+}
+
+/// The chart's telemetry access without helm: off by default; `_helpers.tpl` writes the
+/// variables, mounts, volumes, probes and scrape annotations once, for the Deployment template
+/// every service's file includes; and the variables it writes are settings korvid knows.
+fn check_chart_telemetry_access(dir: &Path, values: &serde_yaml::Value) {
+    let t = &values["telemetry"];
+    for (key, value) in [
+        ("bearerTokenSecret", &t["bearerTokenSecret"]),
+        ("tls.secretName", &t["tls"]["secretName"]),
+        ("tls.clientCaSecret", &t["tls"]["clientCaSecret"]),
+    ] {
+        assert_eq!(value.as_str(), Some(""), "values.yaml telemetry.{key}: off");
+    }
+    assert_eq!(
+        t["probesRequireToken"].as_bool(),
+        Some(false),
+        "values.yaml telemetry.probesRequireToken"
+    );
+    for key in ["bearerTokenKey", "tls.clientCaKey"] {
+        let node = key.split('.').fold(t, |n, k| &n[k]);
+        assert!(
+            node.as_str().is_some_and(|k| !k.is_empty()),
+            "values.yaml telemetry.{key}"
+        );
+    }
+
+    let helpers = read(&dir.join("templates/_helpers.tpl"));
+    let env = helm_define(&helpers, "korvid.telemetryEnv");
+    for var in TELEMETRY_VARS {
+        assert!(
+            env.contains(&format!("- name: {var}\n")),
+            "korvid.telemetryEnv does not set {var}"
+        );
+    }
+    let deployment = helm_define(&helpers, "korvid.deployment");
+    for part in [
+        r#"include "korvid.telemetryEnv" $root"#,
+        r#"include "korvid.telemetryMounts" $root"#,
+        r#"include "korvid.telemetryVolumes" $root"#,
+        r#"include "korvid.telemetryProbe" (dict "root" $root "path" "/healthz")"#,
+        r#"include "korvid.telemetryProbe" (dict "root" $root "path" "/readyz")"#,
+        r#"include "korvid.scrapeAnnotations" $root"#,
+    ] {
+        assert!(deployment.contains(part), "korvid.deployment: no {part}");
+    }
+    assert!(
+        !deployment.contains("httpGet") && !deployment.contains("prometheus.io/"),
+        "korvid.deployment writes probes or scrape annotations of its own"
+    );
+    for service in SERVICES {
+        let file = format!("templates/deployment-{service}.yaml");
+        let text = read(&dir.join(&file));
+        assert!(
+            text.contains(r#"include "korvid.deployment""#),
+            "{file}: not from korvid.deployment"
+        );
+        for own in ["KORVID__TELEMETRY__", "Probe", "prometheus.io/"] {
+            assert!(
+                !text.contains(own),
+                "{file}: {own}... repeated instead of taken from _helpers.tpl"
+            );
+        }
+    }
+
+    // Each variable the helper writes, through the real loader: a _FILE one names a file, the
+    // others take the value the helper gives them.
+    let files = tempfile::tempdir().expect("tmp");
+    let lines: Vec<&str> = env.lines().map(str::trim).collect();
+    let mut vars = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(var) = line.strip_prefix("- name: ") else {
+            continue;
+        };
+        let value = if var.ends_with("_FILE") {
+            let stand_in = files.path().join(var.to_lowercase());
+            std::fs::write(&stand_in, "placeholder-for-a-mounted-secret-file\n")
+                .expect("write a placeholder file");
+            stand_in.display().to_string()
+        } else {
+            let value = lines
+                .get(i + 1)
+                .and_then(|l| l.strip_prefix("value: "))
+                .unwrap_or_else(|| panic!("korvid.telemetryEnv: {var} has no literal value"));
+            value.trim_matches('"').to_string()
+        };
+        vars.push((var.to_string(), value));
+    }
+    let loaded: TelemetryOnly = korvid_common::settings::load(None, vars.clone())
+        .unwrap_or_else(|e| panic!("korvid.telemetryEnv's variables {vars:?}: {e}"));
+    let t = loaded.telemetry;
+    let tls = t.tls.expect("KORVID__TELEMETRY__TLS__* make telemetry.tls");
+    assert!(tls.client_ca_file.is_some(), "telemetry.tls.client_ca_file");
+    assert!(t.bearer_token_file.is_some(), "telemetry.bearer_token_file");
+    assert!(t.probes_require_token, "telemetry.probes_require_token");
+}
+
+/// `[telemetry]` alone, as the loader reads it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct TelemetryOnly {
+    telemetry: TelemetrySettings,
+}
+
+impl Validate for TelemetryOnly {
+    fn validate(&self) -> Result<(), SettingsError> {
+        self.telemetry.validate()
+    }
+}
+
+/// `helm template` of the chart with `--set` values.
+fn helm_template(chart_dir: &str, sets: &[&str]) -> Option<String> {
+    let mut args = vec!["template", "korvid", chart_dir, "--namespace", "korvid"];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    tool_output("helm", &args)
+}
+
+/// A file from a Secret: (variable naming it, its path in the pod, the Secret).
+type SecretFile<'a> = (&'a str, &'a str, &'a str);
+
+/// The telemetry access of every pod of a rendering, checked against what the chart promises:
+/// the variables, their Secrets mounted read-only, the probes, the scrape scheme.
+fn check_rendered_telemetry(
+    pods: &[Pod<'_>],
+    origin: &str,
+    secrets: &[SecretFile<'_>],
+    probes_require_token: bool,
+    probes: &str,
+) {
+    assert_eq!(pods.len(), SERVICES.len(), "{origin}: every service");
+    let https = secrets.iter().any(|(var, _, _)| *var == TELEMETRY_VARS[0]);
+    for p in pods {
+        let n = &p.name;
+        for (var, path, secret) in secrets {
+            assert_eq!(p.env(var).as_deref(), Some(*path), "{origin}: {n}: {var}");
+            let (volume, _) = volume_holding(p.spec, p.container, path)
+                .unwrap_or_else(|| panic!("{origin}: {n}: {path} is not mounted"));
+            assert_eq!(
+                volume
+                    .secret
+                    .as_ref()
+                    .and_then(|s| s.secret_name.as_deref()),
+                Some(*secret),
+                "{origin}: {n}: {path}"
+            );
+            let mount = p
+                .container
+                .volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| m.name == volume.name)
+                .expect("the mount holding it");
+            assert_eq!(
+                mount.read_only,
+                Some(true),
+                "{origin}: {n}: {path} writable"
+            );
+        }
+        for var in &TELEMETRY_VARS[..4] {
+            assert_eq!(
+                p.env(var).is_some(),
+                secrets.iter().any(|(v, _, _)| v == var),
+                "{origin}: {n}: {var} set or not"
+            );
+        }
+        assert_eq!(
+            p.env(TELEMETRY_VARS[4]).as_deref(),
+            probes_require_token.then_some("true"),
+            "{origin}: {n}: {}",
+            TELEMETRY_VARS[4]
+        );
+        for (probe, what) in [
+            (&p.container.liveness_probe, "liveness"),
+            (&p.container.readiness_probe, "readiness"),
+        ] {
+            let probe = probe.as_ref().expect("checked by check_telemetry");
+            let got = match (&probe.http_get, &probe.tcp_socket) {
+                (Some(get), None) => format!("httpGet {}", get.scheme.as_deref().unwrap_or("HTTP")),
+                (None, Some(_)) => "tcpSocket".to_string(),
+                _ => "something else".to_string(),
+            };
+            assert_eq!(got, probes, "{origin}: {n}: {what} probe");
+        }
+        assert_eq!(
+            p.annotations
+                .get("prometheus.io/scheme")
+                .map(String::as_str),
+            https.then_some("https"),
+            "{origin}: {n}: prometheus.io/scheme"
+        );
+    }
+}
+
+/// The chart with telemetry TLS and a token, then mutual TLS, then the token on the probes.
+fn render_chart_telemetry_access(chart_dir: &str) {
+    let tls = [
+        (
+            TELEMETRY_VARS[0],
+            "/etc/korvid/telemetry-tls/tls.crt",
+            "korvid-telemetry-tls",
+        ),
+        (
+            TELEMETRY_VARS[1],
+            "/etc/korvid/telemetry-tls/tls.key",
+            "korvid-telemetry-tls",
+        ),
+    ];
+    let token = (
+        TELEMETRY_VARS[3],
+        "/etc/korvid/telemetry-token/token",
+        "korvid-metrics-token",
+    );
+    let client_ca = (
+        TELEMETRY_VARS[2],
+        "/etc/korvid/telemetry-client-ca/ca.crt",
+        "korvid-prometheus-ca",
+    );
+    let cases: [(&str, Vec<&str>, Vec<SecretFile<'_>>, &str); 3] = [
+        (
+            "TLS and a token on /metrics",
+            vec![
+                "telemetry.tls.secretName=korvid-telemetry-tls",
+                "telemetry.bearerTokenSecret=korvid-metrics-token",
+            ],
+            vec![tls[0], tls[1], token],
+            "httpGet HTTPS",
+        ),
+        (
+            "mutual TLS and a token",
+            vec![
+                "telemetry.tls.secretName=korvid-telemetry-tls",
+                "telemetry.tls.clientCaSecret=korvid-prometheus-ca",
+                "telemetry.bearerTokenSecret=korvid-metrics-token",
+            ],
+            vec![tls[0], tls[1], client_ca, token],
+            "tcpSocket",
+        ),
+        (
+            "a token on the probes too",
+            vec![
+                "telemetry.bearerTokenSecret=korvid-metrics-token",
+                "telemetry.probesRequireToken=true",
+            ],
+            vec![token],
+            "tcpSocket",
+        ),
+    ];
+    for (what, sets, secrets, probes) in cases {
+        let rendered = helm_template(chart_dir, &sets).expect("helm ran before");
+        let origin = format!("helm template deploy/helm/korvid ({what})");
+        let mut m = Manifests::new(&origin, "korvid");
+        m.add(&rendered, &origin);
+        let pods = check_rendering(&m);
+        let probes_require_token = sets.contains(&"telemetry.probesRequireToken=true");
+        check_rendered_telemetry(&pods, &origin, &secrets, probes_require_token, probes);
+        if probes == "tcpSocket" {
+            continue;
+        }
+        for p in &pods {
+            let t = &p.settings.telemetry;
+            assert!(
+                t.tls.is_some() && t.bearer_token_file.is_some() && !t.probes_require_token,
+                "{origin}: {}: {t:?}",
+                p.name
+            );
+        }
+    }
+
+    // Settings korvid would refuse are refused at render time, with the key to fix.
+    for (sets, key) in [
+        (
+            ["telemetry.tls.clientCaSecret=korvid-prometheus-ca"],
+            "telemetry.tls.secretName",
+        ),
+        (
+            ["telemetry.probesRequireToken=true"],
+            "telemetry.bearerTokenSecret",
+        ),
+    ] {
+        let mut args = vec!["template", "korvid", chart_dir];
+        for set in &sets {
+            args.extend(["--set", set]);
+        }
+        let out = Command::new("helm")
+            .args(&args)
+            .current_dir(repo())
+            .output()
+            .expect("helm ran before");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(key),
+            "helm template --set {}: renders, or does not name {key}: {stderr}",
+            sets.join(" --set ")
         );
     }
 }

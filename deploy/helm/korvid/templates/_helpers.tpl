@@ -163,6 +163,106 @@ no file, so it stays valid wherever it is loaded).
 {{- end -}}
 
 {{/*
+The telemetry server's access (telemetry.tls, telemetry.bearerTokenSecret), the same in every
+pod: certificate, key, client CA and token as files from mounted Secrets, named by variables.
+*/}}
+{{- define "korvid.telemetryEnv" -}}
+{{- $t := .Values.telemetry -}}
+{{- if and $t.tls.clientCaSecret (not $t.tls.secretName) }}
+{{- fail "telemetry.tls.clientCaSecret needs telemetry.tls.secretName" }}
+{{- end }}
+{{- if and $t.probesRequireToken (not $t.bearerTokenSecret) }}
+{{- fail "telemetry.probesRequireToken needs telemetry.bearerTokenSecret" }}
+{{- end }}
+{{- if $t.tls.secretName }}
+- name: KORVID__TELEMETRY__TLS__CERT_FILE
+  value: /etc/korvid/telemetry-tls/tls.crt
+- name: KORVID__TELEMETRY__TLS__KEY_FILE
+  value: /etc/korvid/telemetry-tls/tls.key
+{{- end }}
+{{- if $t.tls.clientCaSecret }}
+- name: KORVID__TELEMETRY__TLS__CLIENT_CA_FILE
+  value: /etc/korvid/telemetry-client-ca/{{ $t.tls.clientCaKey }}
+{{- end }}
+{{- if $t.bearerTokenSecret }}
+- name: KORVID__TELEMETRY__BEARER_TOKEN_FILE
+  value: /etc/korvid/telemetry-token/{{ $t.bearerTokenKey }}
+{{- end }}
+{{- if $t.probesRequireToken }}
+- name: KORVID__TELEMETRY__PROBES_REQUIRE_TOKEN
+  value: "true"
+{{- end }}
+{{- end -}}
+
+{{- define "korvid.telemetryMounts" -}}
+{{- if .Values.telemetry.tls.secretName }}
+- name: telemetry-tls
+  mountPath: /etc/korvid/telemetry-tls
+  readOnly: true
+{{- end }}
+{{- if .Values.telemetry.tls.clientCaSecret }}
+- name: telemetry-client-ca
+  mountPath: /etc/korvid/telemetry-client-ca
+  readOnly: true
+{{- end }}
+{{- if .Values.telemetry.bearerTokenSecret }}
+- name: telemetry-token
+  mountPath: /etc/korvid/telemetry-token
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "korvid.telemetryVolumes" -}}
+{{- with .Values.telemetry.tls.secretName }}
+- name: telemetry-tls
+  secret:
+    secretName: {{ . }}
+{{- end }}
+{{- with .Values.telemetry.tls.clientCaSecret }}
+- name: telemetry-client-ca
+  secret:
+    secretName: {{ . }}
+{{- end }}
+{{- with .Values.telemetry.bearerTokenSecret }}
+- name: telemetry-token
+  secret:
+    secretName: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+A probe of the telemetry server; call with (dict "root" $ "path" "/healthz"). The kubelet can
+present neither a client certificate nor a token from a Secret: with telemetry.tls.clientCaSecret
+or telemetry.probesRequireToken it checks that the port accepts connections, nothing more.
+Otherwise an HTTP GET without headers (the probes stay open when only /metrics takes the token),
+over HTTPS when telemetry.tls is on (the kubelet does not verify the certificate).
+*/}}
+{{- define "korvid.telemetryProbe" -}}
+{{- $t := .root.Values.telemetry -}}
+{{- if or $t.tls.clientCaSecret $t.probesRequireToken }}
+tcpSocket:
+  port: metrics
+{{- else }}
+httpGet:
+  path: {{ .path }}
+  port: metrics
+  {{- if $t.tls.secretName }}
+  scheme: HTTPS
+  {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* prometheus.io/* annotations of every pod (metrics.podAnnotations). */}}
+{{- define "korvid.scrapeAnnotations" -}}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .Values.ports.metrics | int | quote }}
+prometheus.io/path: /metrics
+{{- if .Values.telemetry.tls.secretName }}
+prometheus.io/scheme: https
+{{- end }}
+{{- end -}}
+
+{{/*
 One service's Deployment. Call with a dict:
   root        $
   component   ingest, enrich, detect, notify or lake
@@ -204,9 +304,7 @@ spec:
         checksum/config: {{ include "korvid.toml" $root | sha256sum }}
         {{- end }}
         {{- if $root.Values.metrics.podAnnotations }}
-        prometheus.io/scrape: "true"
-        prometheus.io/port: {{ $root.Values.ports.metrics | int | quote }}
-        prometheus.io/path: /metrics
+        {{- include "korvid.scrapeAnnotations" $root | nindent 8 }}
         {{- end }}
         {{- with $root.Values.podAnnotations }}
         {{- toYaml . | nindent 8 }}
@@ -251,6 +349,9 @@ spec:
             {{- with (include "korvid.kafkaEnv" $root | trim) }}
             {{- . | nindent 12 }}
             {{- end }}
+            {{- with (include "korvid.telemetryEnv" $root | trim) }}
+            {{- . | nindent 12 }}
+            {{- end }}
             {{- with .env }}
             {{- . | nindent 12 }}
             {{- end }}
@@ -265,16 +366,12 @@ spec:
             {{- . | nindent 12 }}
             {{- end }}
           livenessProbe:
-            httpGet:
-              path: /healthz
-              port: metrics
+            {{- include "korvid.telemetryProbe" (dict "root" $root "path" "/healthz") | trim | nindent 12 }}
             periodSeconds: 10
             timeoutSeconds: 3
             failureThreshold: 3
           readinessProbe:
-            httpGet:
-              path: /readyz
-              port: metrics
+            {{- include "korvid.telemetryProbe" (dict "root" $root "path" "/readyz") | trim | nindent 12 }}
             periodSeconds: 5
             timeoutSeconds: 3
             failureThreshold: 3
@@ -289,6 +386,9 @@ spec:
             - name: tmp
               mountPath: /tmp
             {{- with (include "korvid.kafkaMounts" $root | trim) }}
+            {{- . | nindent 12 }}
+            {{- end }}
+            {{- with (include "korvid.telemetryMounts" $root | trim) }}
             {{- . | nindent 12 }}
             {{- end }}
             {{- with .mounts }}
@@ -310,6 +410,9 @@ spec:
           emptyDir:
             sizeLimit: {{ $root.Values.tmpSizeLimit }}
         {{- with (include "korvid.kafkaVolumes" $root | trim) }}
+        {{- . | nindent 8 }}
+        {{- end }}
+        {{- with (include "korvid.telemetryVolumes" $root | trim) }}
         {{- . | nindent 8 }}
         {{- end }}
         {{- with .volumes }}
