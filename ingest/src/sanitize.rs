@@ -217,10 +217,11 @@ impl Sanitizer {
                         }
                     }
                 }
-                for (k, v) in map.iter_mut() {
-                    if k != "env" {
-                        self.scrub(v);
-                    }
+                // Into `env` too: its values are hashed above and stay hashed (a hash is not
+                // hashed again below), and anything nested under a variable is walked like the
+                // rest of the object.
+                for v in map.values_mut() {
+                    self.scrub(v);
                 }
             }
             Value::Array(items) => items.iter_mut().for_each(|v| self.scrub(v)),
@@ -355,6 +356,22 @@ mod tests {
         let cm = json!({"kind":"ConfigMap","data":{"db_password":"hunter2","log_level":"debug"}});
         let out = s.sanitize_object(None, cm).to_string();
         assert!(!out.contains("hunter2") && out.contains("debug"));
+    }
+
+    #[test]
+    fn secrets_nested_below_env_are_hashed() {
+        // Found by the sanitize fuzz target (fuzz/regressions/sanitize/secret-below-env.json):
+        // the walk used to stop at `env`.
+        let s = Sanitizer::new(b"0123456789abcdef");
+        let obj = json!({"kind":"Pod","spec":{"containers":[{"name":"c","env":[{"name":"A",
+                          "valueFrom":{"kind":"Secret","data":{"pw":"aHVudGVyMg=="}},
+                          "metadata":{"annotations":{LAST_APPLIED:"{\"stringData\":{\"t\":\"hunter2\"}}"}}},
+                          {"name":"B","value":"hunter3"}]}]}});
+        let out = s.sanitize_object(Some("pods"), obj).to_string();
+        for secret in ["aHVudGVyMg==", "hunter2", "hunter3"] {
+            assert!(!out.contains(secret), "{secret} survived: {out}");
+        }
+        assert_eq!(out.matches("hmac-sha256:").count(), 3, "each hashed once: {out}");
     }
 
     #[test]
