@@ -6,7 +6,7 @@ KORVID_TOOLS ?= $(HOME)/.cache/korvid/tools
 export KORVID_TOOLS
 WEBHOOK ?= http://127.0.0.1:9440/audit/webhook
 
-.PHONY: help setup build up demo send-sample test lint deny fmt bench loadtest bench-scan bench-model model ci clean-data
+.PHONY: help setup build up demo send-sample test lint deny fmt fuzz bench loadtest bench-scan bench-model model ci clean-data
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -37,6 +37,8 @@ deny: ## Licenses, bans and sources of every dependency (deny.toml; cargo-deny i
 	  echo "deny: installing cargo-deny $(CARGO_DENY_VERSION) into $(KORVID_TOOLS) (from crates.io; ~6 minutes on 2 cores, once)"; \
 	  $(CARGO) install cargo-deny --version $(CARGO_DENY_VERSION) --locked --root $(KORVID_TOOLS) --quiet; }
 	PATH="$(KORVID_TOOLS)/bin:$$PATH" $(CARGO) deny --log-level error check licenses bans sources
+	PATH="$(KORVID_TOOLS)/bin:$$PATH" $(CARGO) deny --manifest-path fuzz/Cargo.toml --log-level error \
+	  check licenses bans sources
 
 test: setup lint ## The whole suite: lint, unit, integration and end-to-end tests on the real broker
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
@@ -44,6 +46,12 @@ test: setup lint ## The whole suite: lint, unit, integration and end-to-end test
 	else \
 	  $(CARGO) test --workspace --locked --no-fail-fast; \
 	fi
+
+FUZZ_SECONDS ?= 20
+FUZZ_TARGETS ?=
+
+fuzz: ## Fuzz every untrusted-input parser (libFuzzer on stable) for FUZZ_SECONDS (20) each, or FUZZ_TARGETS; docs/fuzzing.md
+	FUZZ_SECONDS=$(FUZZ_SECONDS) CARGO="$(CARGO)" scripts/fuzz.sh $(FUZZ_TARGETS)
 
 bench: setup ## Every benchmark against its same-run baseline (release build; installs the PyTorch venv once); writes BENCHMARKS.md
 	KORVID_BENCH_OUT=$(CURDIR)/BENCHMARKS.md KORVID_BENCH_DATE=$$(date -u +%FT%TZ) \
