@@ -57,8 +57,9 @@ fuzz: ## Fuzz every untrusted-input parser (libFuzzer on stable) for FUZZ_SECOND
 bench: setup ## Every benchmark against its same-run baseline (release build; installs the PyTorch venv once); writes BENCHMARKS.md
 	KORVID_BENCH_OUT=$(CURDIR)/BENCHMARKS.md KORVID_BENCH_DATE=$$(date -u +%FT%TZ) \
 	  $(CARGO) bench --bench stages
-	$(CARGO) bench -p korvid-notify --bench route | tee /dev/stderr | \
-	  sed -n 's/^BENCH //p' >> BENCHMARKS.md
+	@mkdir -p target
+	$(CARGO) bench -p korvid-notify --bench route > target/bench-route.out
+	@cat target/bench-route.out; sed -n 's/^BENCH //p' target/bench-route.out >> BENCHMARKS.md
 	$(MAKE) --no-print-directory bench-model MODEL_MARKDOWN=$(CURDIR)/BENCHMARKS.md
 	KORVID_BENCH_OUT=$(CURDIR)/BENCHMARKS.md $(CARGO) bench --bench load
 

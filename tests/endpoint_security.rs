@@ -207,20 +207,6 @@ fn telemetry_security_settings_are_checked_before_anything_starts() {
     );
 }
 
-fn psql(port: u16, password: &str, env: &[(&str, &str)], command: &str) -> Output {
-    Command::new("/usr/bin/psql")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args([
-            "-U", "korvid", "-d", "korvid", "-A", "-t", "-X", "-c", command,
-        ])
-        .env("PGPASSWORD", password)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .expect("/usr/bin/psql must be installed (Debian package postgresql-client)")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_serve_takes_tls_and_a_scram_password() {
     let dir = tempfile::tempdir().expect("tmp");

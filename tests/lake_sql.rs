@@ -4,7 +4,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -33,19 +32,6 @@ fn stdout_ok(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn psql(port: u16, password: &str, query: &str) -> Output {
-    Command::new("/usr/bin/psql")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args([
-            "-U", "korvid", "-d", "korvid", "-A", "-t", "-X", "-c", query,
-        ])
-        .env("PGPASSWORD", password)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .stdin(Stdio::null())
-        .output()
-        .expect("/usr/bin/psql must be installed (Debian package postgresql-client)")
 }
 
 /// A `korvid sql --serve` child, stopped even when an assertion fails first.
@@ -78,23 +64,6 @@ async fn wait_for_port(port: u16, server: &mut std::process::Child) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn parquet_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(parquet_files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,7 +134,7 @@ async fn findings_land_in_the_lake_and_answer_sql_and_psql() {
     );
 
     // Files: Hive partitions, final names only.
-    let files = parquet_files(&lake.join("findings"));
+    let files = files_under(&lake.join("findings"));
     assert!(!files.is_empty());
     for f in &files {
         let rel = f.strip_prefix(&lake).expect("under the lake");
@@ -299,6 +268,7 @@ async fn findings_land_in_the_lake_and_answer_sql_and_psql() {
     let out = psql(
         port,
         PASSWORD,
+        &[],
         "SELECT tactic, severity, count(*) FROM findings GROUP BY 1, 2",
     );
     assert!(
@@ -323,6 +293,7 @@ async fn findings_land_in_the_lake_and_answer_sql_and_psql() {
     let out = psql(
         port,
         PASSWORD,
+        &[],
         "SELECT count(*) FROM findings WHERE event_time > TIMESTAMP '2020-01-01T00:00:00Z' AND score > 0",
     );
     assert_eq!(
@@ -334,15 +305,16 @@ async fn findings_land_in_the_lake_and_answer_sql_and_psql() {
     let out = psql(
         port,
         PASSWORD,
+        &[],
         "SELECT min(first_seen) <= max(last_seen), sum(occurrences) >= 2 FROM alerts",
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t|t");
 
     // Errors come back as PostgreSQL errors; the connection-level password is enforced.
-    let out = psql(port, PASSWORD, "SELECT nope FROM findings");
+    let out = psql(port, PASSWORD, &[], "SELECT nope FROM findings");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
-    let out = psql(port, "wrong", "SELECT 1");
+    let out = psql(port, "wrong", &[], "SELECT 1");
     assert!(!out.status.success(), "a wrong password must be refused");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("authentication failed"), "{err}");

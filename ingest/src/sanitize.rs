@@ -371,7 +371,11 @@ mod tests {
         for secret in ["aHVudGVyMg==", "hunter2", "hunter3"] {
             assert!(!out.contains(secret), "{secret} survived: {out}");
         }
-        assert_eq!(out.matches("hmac-sha256:").count(), 3, "each hashed once: {out}");
+        assert_eq!(
+            out.matches("hmac-sha256:").count(),
+            3,
+            "each hashed once: {out}"
+        );
     }
 
     #[test]

@@ -831,3 +831,39 @@ impl TlsProxy {
         self.handshakes.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
+
+/// Every file under `dir`, recursively, sorted (none when it does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Debian's psql against `korvid sql --serve` on `port`: one command, unaligned tuples only,
+/// with `env` on top (PGSSLMODE and friends).
+pub fn psql(
+    port: u16,
+    password: &str,
+    env: &[(&str, &str)],
+    command: &str,
+) -> std::process::Output {
+    Command::new("/usr/bin/psql")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-U", "korvid", "-d", "korvid", "-A", "-t", "-X", "-c", command,
+        ])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("/usr/bin/psql must be installed (Debian package postgresql-client)")
+}
