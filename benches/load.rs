@@ -176,6 +176,8 @@ struct Step {
     latencies_ms: Vec<u64>,
     attacks: usize,
     peak_rss_mb: f64,
+    /// Cores busy on average while events were offered: korvid, its broker, the generator.
+    cores: (f64, f64, f64),
 }
 
 /// Posts `rate` events/s (0: as fast as possible) for `secs` to `url`, one attack a second when
@@ -302,6 +304,57 @@ fn tree_rss_mb(pid: u32) -> f64 {
         .sum()
 }
 
+/// CPU time (user + system, seconds) so far of `pid` itself, of its descendants (the broker it
+/// started), and of this process (the load generator and its receiver).
+fn cpu_seconds(pid: u32, ticks_per_s: f64) -> (f64, f64, f64) {
+    // /proc/<pid>/stat after the command's closing parenthesis: state, ppid, ..., utime (12th),
+    // stime (13th).
+    let read = |path: std::path::PathBuf| -> Option<(u32, f64)> {
+        let stat = std::fs::read_to_string(path).ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ppid = fields.get(1)?.parse().ok()?;
+        let ticks: f64 =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        Some((ppid, ticks / ticks_per_s))
+    };
+    let mut procs: HashMap<u32, (u32, f64)> = HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>()
+            && let Some(v) = read(entry.path().join("stat"))
+        {
+            procs.insert(p, v);
+        }
+    }
+    let descends = |mut p: u32| {
+        for _ in 0..16 {
+            match procs.get(&p) {
+                Some(&(pp, _)) if pp == pid => return true,
+                Some(&(pp, _)) if pp != 0 => p = pp,
+                _ => return false,
+            }
+        }
+        false
+    };
+    let own = procs.get(&pid).map_or(0.0, |v| v.1);
+    let children = procs
+        .iter()
+        .filter(|(p, _)| descends(**p))
+        .map(|(_, v)| v.1)
+        .sum();
+    let me = procs.get(&std::process::id()).map_or(0.0, |v| v.1);
+    (own, children, me)
+}
+
+/// Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`, 100 on Linux).
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
 async fn metric(url: &str, name: &str) -> f64 {
     let Ok(r) = reqwest::get(url).await else {
         return f64::NAN;
@@ -412,6 +465,7 @@ async fn main() {
     }
     let url = format!("http://127.0.0.1:{webhook}/audit/webhook");
     let pid = korvid.id();
+    let ticks = clock_ticks();
 
     let mut steps = Vec::new();
     for &rate in &rates {
@@ -432,8 +486,15 @@ async fn main() {
         };
         let consumed_before = metric(&metrics, "korvid_enrich_events_total").await;
         let started = Instant::now();
+        let cpu_before = cpu_seconds(pid, ticks);
         let accepted = generate(&url, &templates, rate, step_s, Some(&posted), &next_id).await;
         let took = started.elapsed().as_secs_f64();
+        let cpu_after = cpu_seconds(pid, ticks);
+        let cores = (
+            (cpu_after.0 - cpu_before.0) / took,
+            (cpu_after.1 - cpu_before.1) / took,
+            (cpu_after.2 - cpu_before.2) / took,
+        );
         let consumed = metric(&metrics, "korvid_enrich_events_total").await - consumed_before;
         let attacks = posted.lock().expect("lock").len() as u64;
         let backlog = (accepted + attacks) as f64 - consumed;
@@ -469,10 +530,12 @@ async fn main() {
             attacks: attacks as usize,
             latencies_ms: latencies,
             peak_rss_mb: *peak.lock().expect("lock"),
+            cores,
         };
         println!(
             "load: offered {rate}/s: accepted {:.0}/s, enrich backlog at the end {:.0} events (drained in {:.1} s), \
-             alerts {}/{} attacks, event-to-alert p50 {} ms p99 {} ms, peak memory {:.0} MB",
+             alerts {}/{} attacks, event-to-alert p50 {} ms p99 {} ms, peak memory {:.0} MB, \
+             cores busy: korvid {:.2}, broker {:.2}, generator {:.2}",
             step.accepted_per_s,
             step.backlog_at_end,
             step.drain_s,
@@ -480,7 +543,10 @@ async fn main() {
             step.attacks,
             percentile(&step.latencies_ms, 0.5),
             percentile(&step.latencies_ms, 0.99),
-            step.peak_rss_mb
+            step.peak_rss_mb,
+            step.cores.0,
+            step.cores.1,
+            step.cores.2
         );
         steps.push(step);
     }
@@ -496,13 +562,16 @@ async fn main() {
          Realistic audit events (perfspec-benign-audit replayed) posted in batches of 400 by {} concurrent posters on the same machine, \
          one `kubectl exec` attack a second; latency = attack posted to alert received (windows included). \
          Baseline: the same generator posting to an HTTP server that discards the batches.\n\n\
-         | offered events/s | accepted events/s | baseline events/s | accepted / baseline | enrich backlog at end | drain s | alerts / attacks | p50 ms | p99 ms | peak MB (korvid + broker) |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
-        posters()
+         Cores busy: average CPU use while the step's events were offered, of korvid, of its broker (tansu) \
+         and of the generator (this process), out of the machine's {}.\n\n\
+         | offered events/s | accepted events/s | baseline events/s | accepted / baseline | enrich backlog at end | drain s | alerts / attacks | p50 ms | p99 ms | peak MB (korvid + broker) | cores busy (korvid / broker / generator) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
+        posters(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     for s in &steps {
         table.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} | {}/{} | {} | {} | {:.0} |\n",
+            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} | {}/{} | {} | {} | {:.0} | {:.2} / {:.2} / {:.2} |\n",
             s.offered,
             s.accepted_per_s,
             baseline,
@@ -513,7 +582,10 @@ async fn main() {
             s.attacks,
             percentile(&s.latencies_ms, 0.5),
             percentile(&s.latencies_ms, 0.99),
-            s.peak_rss_mb
+            s.peak_rss_mb,
+            s.cores.0,
+            s.cores.1,
+            s.cores.2
         ));
     }
     print!("{table}");
