@@ -396,6 +396,15 @@ pub async fn run(settings: NotifySettings, ctx: ServiceContext) -> Result<(), No
             }
         }
         let waiting = !loop_.handled.is_empty() || !loop_.pending.is_empty();
+        // On the wall clock a group is notified when it falls due, not at the next tick (which
+        // added up to `tick_ms` to every first alert); the findings clock only moves with
+        // findings, so there the tick stays. At least 1 ms: a group is rescheduled past `now`.
+        let due_in = match loop_.engine.next_due() {
+            Some(due) if !by_finding_time => {
+                Some(Duration::from_millis((due - clock.now()).max(1) as u64))
+            }
+            _ => None,
+        };
         let msg = tokio::select! {
             biased;
             m = consumer.next(&ctx.shutdown) => match m {
@@ -403,6 +412,7 @@ pub async fn run(settings: NotifySettings, ctx: ServiceContext) -> Result<(), No
                 None => break,
             },
             _ = tick.tick() => None,
+            _ = tokio::time::sleep(due_in.unwrap_or_default()), if due_in.is_some() => None,
             // Nothing more right now: settle what was handled.
             _ = tokio::time::sleep(Duration::from_millis(2)), if waiting => None,
         };
