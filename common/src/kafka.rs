@@ -38,6 +38,8 @@ use serde::Deserialize;
 use crate::settings::{SettingsError, Validate, require_non_empty, require_range};
 use crate::telemetry::Telemetry;
 
+mod group_watch;
+
 /// `[kafka]` settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -505,6 +507,8 @@ struct KafkaMetrics {
     deadletters: Family<Vec<(String, String)>, Counter>,
     /// Messages not yet committed, by consumer group and topic.
     consumer_lag: Family<Vec<(String, String)>, Gauge>,
+    /// Times a consumer left and rejoined a group that had left it short of its partitions.
+    group_rejoins: Family<Vec<(String, String)>, Counter>,
     /// Per-topic counters looked up without allocating: (produced, errors).
     by_topic: Arc<std::sync::RwLock<std::collections::HashMap<String, (Counter, Counter)>>>,
 }
@@ -590,6 +594,13 @@ impl KafkaContext {
                 "kafka_consumer_lag",
                 "Messages behind the partitions' ends (from the committed offsets), summed over \
                  the partitions this instance is assigned, by consumer group and topic",
+                Family::default(),
+            ),
+            group_rejoins: telemetry.register(
+                "kafka_group_rejoins",
+                "Times a consumer left and rejoined its group because the group was stable but it \
+                 owned less than its share of the partitions (a broker-side coordinator fault), by \
+                 consumer group",
                 Family::default(),
             ),
             by_topic: Arc::default(),
@@ -756,6 +767,14 @@ impl KafkaContext {
             consumer,
             revoked: Mutex::new(rx),
             assigned: Mutex::new(assigned_rx),
+            group: group.to_string(),
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            watch: Mutex::new(group_watch::GroupWatch::new()),
+            rejoins: self
+                .metrics
+                .group_rejoins
+                .get_or_create(&vec![("group".into(), group.to_string())])
+                .clone(),
         })
     }
 
@@ -1347,6 +1366,11 @@ pub struct AtLeastOnceConsumer {
     consumer: StreamConsumer<RebalanceContext>,
     revoked: Mutex<std::sync::mpsc::Receiver<Vec<(String, i32)>>>,
     assigned: Mutex<std::sync::mpsc::Receiver<Vec<(String, i32)>>>,
+    group: String,
+    topics: Vec<String>,
+    /// Rejoins a group in which a faulty coordinator left this member short of partitions.
+    watch: Mutex<group_watch::GroupWatch>,
+    rejoins: Counter,
 }
 
 impl AtLeastOnceConsumer {
@@ -1356,13 +1380,19 @@ impl AtLeastOnceConsumer {
     }
 
     /// The next message, or `None` once shutdown has begun. Consume errors (a broker away for a
-    /// moment) are logged and retried.
+    /// moment) are logged and retried. While it waits, it checks now and then that its group has
+    /// given it its share of the partitions (`group_watch`).
     pub async fn next(&self, shutdown: &crate::Shutdown) -> Option<Consumed> {
         loop {
+            let check_at = lock(&self.watch).next_check();
             let msg = tokio::select! {
                 biased;
                 _ = shutdown.triggered() => return None,
                 m = self.consumer.recv() => m,
+                _ = tokio::time::sleep_until(check_at.into()) => {
+                    self.watch_group();
+                    continue;
+                }
             };
             match msg {
                 Ok(m) => {
@@ -1384,6 +1414,31 @@ impl AtLeastOnceConsumer {
                     tracing::warn!(error = %e, "consume failed; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
+            }
+        }
+    }
+
+    /// Leaves and joins the group again when it is stable but this member is short of its share.
+    fn watch_group(&self) {
+        let verdict = tokio::task::block_in_place(|| {
+            lock(&self.watch).check(&self.consumer, &self.group, &self.topics)
+        });
+        if let group_watch::Verdict::Rejoin(short) = verdict {
+            for s in &short {
+                tracing::warn!(
+                    group = %self.group,
+                    topic = %s.topic,
+                    owned = s.owned,
+                    fair_share = s.fair,
+                    "the group is stable but this member owns less than its share of the \
+                     partitions (a broker-side coordinator fault); leaving and joining again"
+                );
+            }
+            self.rejoins.inc();
+            self.consumer.unsubscribe();
+            let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+            if let Err(e) = self.consumer.subscribe(&topics) {
+                tracing::error!(group = %self.group, error = %e, "subscribing again failed");
             }
         }
     }
