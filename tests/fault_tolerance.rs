@@ -383,7 +383,7 @@ async fn faults(mut broker: Broker, faults: Faults) {
     }
     println!(
         "{resent} notifications sent again with their id after a kill; the restarted services \
-         rejoined a group with unowned partitions {rejoins} times"
+         rejoined a group that had left them short of partitions {rejoins} times"
     );
     let exec_alerts = exec_alerts.len();
     assert_eq!(exec_alerts, sent.attacks.len(), "one exec alert per attack");

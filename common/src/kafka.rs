@@ -763,18 +763,20 @@ impl KafkaContext {
             })
             .map_err(kafka("create consumer"))?;
         consumer.subscribe(topics).map_err(kafka("subscribe"))?;
+        let consumer = Arc::new(consumer);
+        group_watch::spawn(
+            Arc::downgrade(&consumer),
+            group,
+            topics,
+            self.metrics
+                .group_rejoins
+                .get_or_create(&vec![("group".into(), group.to_string())])
+                .clone(),
+        );
         Ok(AtLeastOnceConsumer {
             consumer,
             revoked: Mutex::new(rx),
             assigned: Mutex::new(assigned_rx),
-            group: group.to_string(),
-            topics: topics.iter().map(|t| t.to_string()).collect(),
-            watch: Mutex::new(group_watch::GroupWatch::new()),
-            rejoins: self
-                .metrics
-                .group_rejoins
-                .get_or_create(&vec![("group".into(), group.to_string())])
-                .clone(),
         })
     }
 
@@ -1361,16 +1363,13 @@ impl Consumed {
     }
 }
 
-/// A consumer whose offsets move only when the service says its outputs are safe.
+/// A consumer whose offsets move only when the service says its outputs are safe. A thread
+/// beside it checks that its group gives it its share of the partitions (`group_watch`).
 pub struct AtLeastOnceConsumer {
-    consumer: StreamConsumer<RebalanceContext>,
+    /// Shared with its group watch (`group_watch`), which holds it weakly.
+    consumer: Arc<StreamConsumer<RebalanceContext>>,
     revoked: Mutex<std::sync::mpsc::Receiver<Vec<(String, i32)>>>,
     assigned: Mutex<std::sync::mpsc::Receiver<Vec<(String, i32)>>>,
-    group: String,
-    topics: Vec<String>,
-    /// Rejoins a group in which a faulty coordinator left this member short of partitions.
-    watch: Mutex<group_watch::GroupWatch>,
-    rejoins: Counter,
 }
 
 impl AtLeastOnceConsumer {
@@ -1380,19 +1379,13 @@ impl AtLeastOnceConsumer {
     }
 
     /// The next message, or `None` once shutdown has begun. Consume errors (a broker away for a
-    /// moment) are logged and retried. While it waits, it checks now and then that its group has
-    /// given it its share of the partitions (`group_watch`).
+    /// moment) are logged and retried.
     pub async fn next(&self, shutdown: &crate::Shutdown) -> Option<Consumed> {
         loop {
-            let check_at = lock(&self.watch).next_check();
             let msg = tokio::select! {
                 biased;
                 _ = shutdown.triggered() => return None,
                 m = self.consumer.recv() => m,
-                _ = tokio::time::sleep_until(check_at.into()) => {
-                    self.watch_group();
-                    continue;
-                }
             };
             match msg {
                 Ok(m) => {
@@ -1414,31 +1407,6 @@ impl AtLeastOnceConsumer {
                     tracing::warn!(error = %e, "consume failed; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-            }
-        }
-    }
-
-    /// Leaves and joins the group again when it is stable but this member is short of its share.
-    fn watch_group(&self) {
-        let verdict = tokio::task::block_in_place(|| {
-            lock(&self.watch).check(&self.consumer, &self.group, &self.topics)
-        });
-        if let group_watch::Verdict::Rejoin(short) = verdict {
-            for s in &short {
-                tracing::warn!(
-                    group = %self.group,
-                    topic = %s.topic,
-                    owned = s.owned,
-                    fair_share = s.fair,
-                    "the group is stable but this member owns less than its share of the \
-                     partitions (a broker-side coordinator fault); leaving and joining again"
-                );
-            }
-            self.rejoins.inc();
-            self.consumer.unsubscribe();
-            let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
-            if let Err(e) = self.consumer.subscribe(&topics) {
-                tracing::error!(group = %self.group, error = %e, "subscribing again failed");
             }
         }
     }

@@ -9,7 +9,8 @@
 //!   timeout but keeps the old assignment, so nobody takes its partitions over
 //!   (`tests/scale_out.rs`).
 //!
-//! Every [`CHECK_EVERY`] a consumer compares what it owns with its fair share. The group's
+//! Every [`CHECK_EVERY`] a thread beside each consumer compares what it owns with its fair
+//! share (off the consume loop: the broker may take seconds to answer under load). The group's
 //! members all run the same service and subscribe to the same topics, and librdkafka's
 //! assignors (range, round-robin, cooperative-sticky) give each of `m` members at least
 //! `floor(p / m)` of a topic's `p` partitions. When the group is stable and the consumer owns
@@ -21,25 +22,78 @@
 //! A Kafka that keeps the protocol never triggers a rejoin. What the check costs there is one
 //! ListGroups, one DescribeGroups and one Metadata request per consumer per interval.
 
-use std::time::{Duration, Instant};
+use std::sync::Weak;
+use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 
 use super::RebalanceContext;
 
 /// How often a consumer looks at its group.
-pub(super) const CHECK_EVERY: Duration = Duration::from_secs(5);
+const CHECK_EVERY: Duration = Duration::from_secs(5);
 /// Checks in a row that must find the consumer short before it rejoins: one could fall between
 /// a rebalance's end and the assignment reaching this consumer.
-pub(super) const STRIKES: u8 = 2;
+const STRIKES: u8 = 2;
 /// Deadline of each broker request the check makes.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// When to look next, and how many looks in a row have found this consumer short.
-pub(super) struct GroupWatch {
-    next_check: Instant,
-    strikes: u8,
+/// Checks `consumer`'s group every [`CHECK_EVERY`] on a thread of its own, until the
+/// consumer is gone, and leaves and rejoins when the verdict says so (counted in `rejoins`).
+pub(super) fn spawn(
+    consumer: Weak<StreamConsumer<RebalanceContext>>,
+    group: &str,
+    topics: &[&str],
+    rejoins: Counter,
+) {
+    let group = group.to_string();
+    let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+    let watch = move || {
+        let mut strikes = Strikes::default();
+        loop {
+            std::thread::sleep(CHECK_EVERY);
+            let Some(consumer) = consumer.upgrade() else {
+                return;
+            };
+            let short = match shortfalls(&consumer, &group, &topics) {
+                Ok(short) => short,
+                Err(e) => {
+                    tracing::debug!(group, error = %e, "group check failed; trying again later");
+                    continue;
+                }
+            };
+            let Verdict::Rejoin(short) = strikes.verdict(short) else {
+                continue;
+            };
+            for s in &short {
+                tracing::warn!(
+                    group,
+                    topic = %s.topic,
+                    owned = s.owned,
+                    fair_share = s.fair,
+                    "the group is stable but this member owns less than its share of the \
+                     partitions (a broker-side coordinator fault); leaving and joining again"
+                );
+            }
+            rejoins.inc();
+            consumer.unsubscribe();
+            let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+            if let Err(e) = consumer.subscribe(&topics) {
+                tracing::error!(group, error = %e, "subscribing again failed");
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("korvid-group-watch".into())
+        .spawn(watch)
+    {
+        tracing::warn!(error = %e, "no group watch: starting its thread failed");
+    }
 }
+
+/// How many checks in a row have found the consumer short.
+#[derive(Default)]
+struct Strikes(u8);
 
 /// What a check decided.
 #[derive(Debug, PartialEq, Eq)]
@@ -58,47 +112,17 @@ pub(super) struct Shortfall {
     pub fair: usize,
 }
 
-impl GroupWatch {
-    pub(super) fn new() -> GroupWatch {
-        GroupWatch {
-            next_check: Instant::now() + CHECK_EVERY,
-            strikes: 0,
-        }
-    }
-
-    /// When the next check is due.
-    pub(super) fn next_check(&self) -> Instant {
-        self.next_check
-    }
-
-    /// Checks `consumer`'s group. Blocks while the broker answers: call it off the async
-    /// worker (`block_in_place`).
-    pub(super) fn check(
-        &mut self,
-        consumer: &StreamConsumer<RebalanceContext>,
-        group: &str,
-        topics: &[String],
-    ) -> Verdict {
-        self.next_check = Instant::now() + CHECK_EVERY;
-        match shortfalls(consumer, group, topics) {
-            Ok(short) => self.verdict(short),
-            Err(e) => {
-                tracing::debug!(group, error = %e, "group check failed; trying again later");
-                Verdict::Fine
-            }
-        }
-    }
-
+impl Strikes {
     fn verdict(&mut self, short: Vec<Shortfall>) -> Verdict {
         if short.is_empty() {
-            self.strikes = 0;
+            self.0 = 0;
             return Verdict::Fine;
         }
-        self.strikes += 1;
-        if self.strikes < STRIKES {
+        self.0 += 1;
+        if self.0 < STRIKES {
             return Verdict::Fine;
         }
-        self.strikes = 0;
+        self.0 = 0;
         Verdict::Rejoin(short)
     }
 }
@@ -183,7 +207,7 @@ mod tests {
 
     #[test]
     fn rejoins_only_after_strikes_in_a_row() {
-        let mut watch = GroupWatch::new();
+        let mut watch = Strikes::default();
         let lost = vec![Shortfall {
             topic: "t".into(),
             owned: 0,
