@@ -10,7 +10,9 @@
 //!   (`tests/scale_out.rs`).
 //!
 //! Every [`CHECK_EVERY`] a thread beside each consumer compares what it owns with its fair
-//! share (off the consume loop: the broker may take seconds to answer under load). The group's
+//! share (off the consume loop: the broker may take seconds to answer under load). A consumer
+//! that owns every partition of its topics is fine and asks the broker nothing beyond a
+//! partition count a minute. The group's
 //! members all run the same service and subscribe to the same topics, and librdkafka's
 //! assignors (range, round-robin, cooperative-sticky) give each of `m` members at least
 //! `floor(p / m)` of a topic's `p` partitions. When the group is stable and the consumer owns
@@ -19,11 +21,12 @@
 //! partition out. (The broker's own view of who owns what would be the direct check, but tansu
 //! describes every member's assignment as empty.)
 //!
-//! A Kafka that keeps the protocol never triggers a rejoin. What the check costs there is one
-//! ListGroups, one DescribeGroups and one Metadata request per consumer per interval.
+//! A Kafka that keeps the protocol never triggers a rejoin. What the check costs there, for a
+//! consumer that shares its topics with other members, is one ListGroups and one
+//! DescribeGroups request per interval.
 
 use std::sync::Weak;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -37,6 +40,8 @@ const CHECK_EVERY: Duration = Duration::from_secs(5);
 const STRIKES: u8 = 2;
 /// Deadline of each broker request the check makes.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a topic's partition count is trusted.
+const PARTITIONS_TTL: Duration = Duration::from_secs(60);
 
 /// Checks `consumer`'s group every [`CHECK_EVERY`] on a thread of its own, until the
 /// consumer is gone, and leaves and rejoins when the verdict says so (counted in `rejoins`).
@@ -50,12 +55,13 @@ pub(super) fn spawn(
     let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
     let watch = move || {
         let mut strikes = Strikes::default();
+        let mut partitions = Partitions::default();
         loop {
             std::thread::sleep(CHECK_EVERY);
             let Some(consumer) = consumer.upgrade() else {
                 return;
             };
-            let short = match shortfalls(&consumer, &group, &topics) {
+            let short = match shortfalls(&consumer, &group, &topics, &mut partitions) {
                 Ok(short) => short,
                 Err(e) => {
                     tracing::debug!(group, error = %e, "group check failed; trying again later");
@@ -127,36 +133,68 @@ impl Strikes {
     }
 }
 
+/// The partition count of each topic, asked of the broker again after [`PARTITIONS_TTL`].
+#[derive(Default)]
+struct Partitions {
+    counts: Vec<usize>,
+    asked: Option<Instant>,
+}
+
 /// The topics of which `consumer` owns less than its share, when its group is stable (none
 /// otherwise: during a rebalance a member owns nothing for a moment).
+///
+/// A consumer that owns every partition is fine without asking the broker; only one that owns
+/// fewer asks how many members the group has. (Under load tansu answers the group requests
+/// slowly, and its answers hold up the fetches queued behind them on the same connection.)
 fn shortfalls(
     consumer: &StreamConsumer<RebalanceContext>,
     group: &str,
     topics: &[String],
+    partitions: &mut Partitions,
 ) -> Result<Vec<Shortfall>, rdkafka::error::KafkaError> {
+    if partitions
+        .asked
+        .is_none_or(|t| t.elapsed() > PARTITIONS_TTL)
+    {
+        let mut counts = Vec::new();
+        for topic in topics {
+            let metadata = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
+            counts.push(
+                metadata
+                    .topics()
+                    .iter()
+                    .filter(|t| t.name() == topic)
+                    .map(|t| t.partitions().len())
+                    .sum(),
+            );
+        }
+        *partitions = Partitions {
+            counts,
+            asked: Some(Instant::now()),
+        };
+    }
+    let assignment = consumer.assignment()?;
+    let counts: Vec<(String, usize, usize)> = topics
+        .iter()
+        .zip(&partitions.counts)
+        .map(|(topic, &p)| {
+            let owned = assignment
+                .elements()
+                .iter()
+                .filter(|e| e.topic() == topic)
+                .count();
+            (topic.clone(), owned, p)
+        })
+        .collect();
+    if counts.iter().all(|(_, owned, p)| owned >= p) {
+        return Ok(Vec::new());
+    }
     let groups = consumer.fetch_group_list(Some(group), REQUEST_TIMEOUT)?;
     let Some(info) = groups.groups().iter().find(|g| g.name() == group) else {
         return Ok(Vec::new());
     };
     if !info.state().eq_ignore_ascii_case("stable") {
         return Ok(Vec::new());
-    }
-    let assignment = consumer.assignment()?;
-    let mut counts = Vec::new();
-    for topic in topics {
-        let metadata = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
-        let partitions = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic)
-            .map(|t| t.partitions().len())
-            .sum();
-        let owned = assignment
-            .elements()
-            .iter()
-            .filter(|e| e.topic() == topic)
-            .count();
-        counts.push((topic.clone(), owned, partitions));
     }
     Ok(short_of_share(info.members().len(), counts))
 }
