@@ -1,20 +1,22 @@
 //! Load test of the whole pipeline on this machine: `korvid up` (release build, embedded broker
 //! on disk, every service in one process) takes a sustained stream of realistic audit events
-//! through its webhook while an attack is injected every second; alerts go to a real HTTP
-//! receiver in this process.
+//! through its webhook while attacks are injected, five a second, each its own request; alerts
+//! go to a real HTTP receiver in this process.
 //!
 //! Events are the benign traffic of `../shared/corpora/perfspec-benign-audit` (read in place,
 //! its users, verbs, resources and URIs replayed with fresh ids and times), falling back to a
 //! synthetic mix when the corpus is absent; the attacks are `kubectl exec` into a new pod each.
 //! Each step offers one rate for `KORVID_LOAD_STEP_S` seconds (default 20) and reports what
 //! ingest accepted, whether enrich kept up (its backlog once the step ends, and how long it took
-//! to drain), the event-to-alert latency of the attacks (post to delivery, windows included),
-//! and the peak memory of korvid and its broker together.
+//! to drain), the event-to-alert latency of the attacks (post to delivery, windows included)
+//! in quiet namespaces and in a busy one, where the quiet attacks' time goes (webhook answer,
+//! finding, alert), and the peak memory of korvid and its broker together.
 //!
 //! Baseline, same run: the same load generator against an HTTP server that reads each batch and
 //! answers 200 (what this machine can post at all, with the generator on the same cores).
 //!
 //!     make loadtest                       # KORVID_LOAD_RATES=10000,15000,20000 by default
+//!     KORVID_LOAD_CONFIG='[notify]\ngroup_wait_ms = 50' make loadtest   # a setting's effect
 //!     KORVID_BENCH_OUT=BENCHMARKS.md ...  # appends its table (make bench does)
 
 use std::collections::HashMap;
@@ -142,21 +144,42 @@ fn event(t: &Template, id: u64, ms: i64) -> Value {
     })
 }
 
-fn attack(pod: &str, id: u64, ms: i64) -> Value {
+fn attack(namespace: &str, pod: &str, id: u64, ms: i64) -> Value {
     json!({
         "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
         "auditID": format!("load-attack-{id}"), "stage": "ResponseStarted",
-        "requestURI": format!("/api/v1/namespaces/shop/pods/{pod}/exec?command=sh&stdin=true&tty=true"),
+        "requestURI": format!("/api/v1/namespaces/{namespace}/pods/{pod}/exec?command=sh&stdin=true&tty=true"),
         "verb": "create", "user": {"username": "mallory", "groups": ["system:authenticated"]},
         "sourceIPs": ["198.51.100.7"], "userAgent": "kubectl/v1.31.0",
-        "objectRef": {"resource": "pods", "namespace": "shop", "name": pod, "apiVersion": "v1", "subresource": "exec"},
+        "objectRef": {"resource": "pods", "namespace": namespace, "name": pod, "apiVersion": "v1", "subresource": "exec"},
         "responseStatus": {"metadata": {}, "code": 101},
         "requestReceivedTimestamp": rfc3339(ms - 20), "stageTimestamp": rfc3339(ms),
     })
 }
 
-/// Alerts received: the exec'd pod's name and when.
-type Alerts = Arc<Mutex<HashMap<String, Instant>>>;
+/// Wall-clock milliseconds by the exec'd pod's name: when its alert arrived, or when detect
+/// raised its finding.
+type Seen = Arc<Mutex<HashMap<String, i64>>>;
+
+/// Namespaces the quiet attacks rotate over: each gets one attack a second and nothing else,
+/// so its window closes on the idle flush.
+const QUIET_NAMESPACES: u64 = 4;
+/// The namespace of the busy attacks: one of the corpus's busiest, so the attack's window closes
+/// when the watermark passes it (window plus allowed lateness).
+const BUSY_NAMESPACE: &str = "kube-system";
+
+/// One injected attack.
+#[derive(Clone)]
+struct Attack {
+    /// In the busy namespace (else a quiet one).
+    busy: bool,
+    /// Posted, wall-clock ms.
+    posted: i64,
+    /// The webhook answered 200 (ingest has it on Kafka), wall-clock ms.
+    acked: i64,
+}
+
+type Attacks = Mutex<HashMap<String, Attack>>;
 
 async fn serve(app: Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -173,21 +196,29 @@ struct Step {
     accepted_per_s: f64,
     backlog_at_end: f64,
     drain_s: f64,
-    latencies_ms: Vec<u64>,
-    attacks: usize,
+    /// Post to alert, quiet and busy namespace, sorted.
+    quiet_ms: Vec<u64>,
+    busy_ms: Vec<u64>,
+    quiet_attacks: usize,
+    busy_attacks: usize,
+    /// Quiet attacks, sorted: post to webhook answer, post to finding, finding to alert.
+    ingest_ms: Vec<u64>,
+    to_finding_ms: Vec<u64>,
+    finding_to_alert_ms: Vec<u64>,
     peak_rss_mb: f64,
     /// Cores busy on average while events were offered: korvid, its broker, the generator.
     cores: (f64, f64, f64),
 }
 
-/// Posts `rate` events/s (0: as fast as possible) for `secs` to `url`, one attack a second when
-/// `attacks` is set (their post times go there). Returns the events the receiver took.
+/// Posts `rate` events/s (0: as fast as possible) for `secs` to `url`, with attacks when
+/// `attacks` is set: every 250 ms one in a quiet namespace (each of [`QUIET_NAMESPACES`] once a
+/// second) and every second one in [`BUSY_NAMESPACE`]. Returns the events the receiver took.
 async fn generate(
     url: &str,
     templates: &Arc<Vec<Template>>,
     rate: u64,
     secs: u64,
-    attacks: Option<&Mutex<HashMap<String, Instant>>>,
+    attacks: Option<Arc<Attacks>>,
     next_id: &AtomicU64,
 ) -> u64 {
     let client = reqwest::Client::new();
@@ -239,18 +270,40 @@ async fn generate(
         }));
     }
     if let Some(book) = attacks {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.tick().await;
+        let mut n = 0u64;
         while Instant::now() + Duration::from_secs(1) < end {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let id = next_id.fetch_add(1, Ordering::Relaxed);
-            let pod = format!("web-{id}");
-            let body = json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1",
-                "items": [attack(&pod, id, now_ms())]})
-            .to_string();
-            let posted = Instant::now();
-            if let Ok(r) = client.post(url).body(body).send().await
-                && r.status().is_success()
-            {
-                book.lock().expect("lock").insert(pod, posted);
+            tick.tick().await;
+            n += 1;
+            let mut targets = vec![(false, format!("shop-{}", n % QUIET_NAMESPACES))];
+            if n.is_multiple_of(4) {
+                targets.push((true, BUSY_NAMESPACE.to_string()));
+            }
+            for (busy, namespace) in targets {
+                let id = next_id.fetch_add(1, Ordering::Relaxed);
+                let pod = format!("web-{id}");
+                let posted = now_ms();
+                let body = json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1",
+                    "items": [attack(&namespace, &pod, id, posted)]})
+                .to_string();
+                let (client, url, book) = (client.clone(), url.to_string(), book.clone());
+                // Each its own request, so a slow answer does not hold the next one back.
+                tasks.push(tokio::spawn(async move {
+                    if let Ok(r) = client.post(&url).body(body).send().await
+                        && r.status().is_success()
+                    {
+                        let acked = now_ms();
+                        book.lock().expect("lock").insert(
+                            pod,
+                            Attack {
+                                busy,
+                                posted,
+                                acked,
+                            },
+                        );
+                    }
+                }));
             }
         }
     }
@@ -368,6 +421,37 @@ async fn metric(url: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// The embedded broker's storage (`KORVID_LOAD_BROKER_STORAGE`): `sqlite` (on disk, the default
+/// of `korvid up`) or `memory` (what the pipeline does when the broker's disk is not in the way).
+fn broker_storage() -> String {
+    std::env::var("KORVID_LOAD_BROKER_STORAGE").unwrap_or_else(|_| "sqlite".into())
+}
+
+/// More korvid.toml for the run (`KORVID_LOAD_CONFIG`, TOML text appended to the test's file;
+/// e.g. `[enrich]\nallowed_lateness_ms = 500`), to measure a setting's effect.
+fn extra_config() -> String {
+    std::env::var("KORVID_LOAD_CONFIG")
+        .map(|c| c.replace("\\n", "\n"))
+        .unwrap_or_default()
+}
+
+/// The stage histograms' (name, count, sum of seconds) as exposed now.
+async fn stage_sums(url: &str) -> Vec<(&'static str, f64, f64)> {
+    let mut out = Vec::new();
+    for name in [
+        "korvid_enrich_window_latency_seconds",
+        "korvid_enrich_window_build_seconds",
+        "korvid_detect_window_seconds",
+        "korvid_detect_model_batch_seconds",
+        "korvid_notify_event_to_alert_seconds",
+    ] {
+        let count = metric(url, &format!("{name}_count")).await;
+        let sum = metric(url, &format!("{name}_sum")).await;
+        out.push((name.trim_start_matches("korvid_"), count, sum));
+    }
+    out
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -398,7 +482,7 @@ async fn main() {
     println!("load: baseline (post to a discarding HTTP server): {baseline:.0} events/s");
 
     // The pipeline.
-    let alerts: Alerts = Arc::default();
+    let alerts: Seen = Arc::default();
     let book = alerts.clone();
     let receiver = serve(Router::new().route(
         "/alerts",
@@ -410,7 +494,7 @@ async fn main() {
                     book.lock()
                         .expect("lock")
                         .entry(pod.to_string())
-                        .or_insert_with(Instant::now);
+                        .or_insert_with(now_ms);
                 }
                 "ok"
             }
@@ -429,12 +513,14 @@ async fn main() {
     std::fs::write(
         &config,
         format!(
-            "data_dir = \"{d}/data\"\n[broker]\nlisten = \"127.0.0.1:{broker}\"\n\
+            "data_dir = \"{d}/data\"\n[broker]\nlisten = \"127.0.0.1:{broker}\"\nstorage = \"{storage}\"\n\
              [telemetry]\nlisten = \"127.0.0.1:{telemetry}\"\nlog_level = \"warn\"\n\
              [ingest]\ncluster = \"load\"\nredaction_key = \"load-test-redaction-key-0123\"\n\
              [ingest.audit_webhook]\nlisten = \"127.0.0.1:{webhook}\"\n\
-             [[notify.webhooks]]\nname = \"receiver\"\nurl = \"{receiver}/alerts\"\n",
-            d = dir.path().display()
+             [[notify.webhooks]]\nname = \"receiver\"\nurl = \"{receiver}/alerts\"\n{extra}",
+            d = dir.path().display(),
+            extra = extra_config(),
+            storage = broker_storage(),
         ),
     )
     .expect("config");
@@ -465,11 +551,12 @@ async fn main() {
     }
     let url = format!("http://127.0.0.1:{webhook}/audit/webhook");
     let pid = korvid.id();
+    let findings = follow_exec_findings(&format!("127.0.0.1:{broker}"));
     let ticks = clock_ticks();
 
     let mut steps = Vec::new();
     for &rate in &rates {
-        let posted: Mutex<HashMap<String, Instant>> = Mutex::default();
+        let posted: Arc<Attacks> = Arc::default();
         let peak = Arc::new(Mutex::new(0.0f64));
         let sampling = {
             let peak = peak.clone();
@@ -484,10 +571,19 @@ async fn main() {
                 }
             })
         };
+        let stages_before = stage_sums(&metrics).await;
         let consumed_before = metric(&metrics, "korvid_enrich_events_total").await;
         let started = Instant::now();
         let cpu_before = cpu_seconds(pid, ticks);
-        let accepted = generate(&url, &templates, rate, step_s, Some(&posted), &next_id).await;
+        let accepted = generate(
+            &url,
+            &templates,
+            rate,
+            step_s,
+            Some(posted.clone()),
+            &next_id,
+        )
+        .await;
         let took = started.elapsed().as_secs_f64();
         let cpu_after = cpu_seconds(pid, ticks);
         let cores = (
@@ -511,38 +607,98 @@ async fn main() {
         // by then counts as missing in the table).
         tokio::time::sleep(Duration::from_secs(10)).await;
         sampling.abort();
-        let got = alerts.lock().expect("lock").clone();
-        let mut latencies: Vec<u64> = posted
-            .lock()
-            .expect("lock")
+        let stages: Vec<String> = stage_sums(&metrics)
+            .await
             .iter()
-            .filter_map(|(pod, at)| {
-                got.get(pod)
-                    .map(|t| t.saturating_duration_since(*at).as_millis() as u64)
+            .zip(&stages_before)
+            .map(|((name, count, sum), (_, c0, s0))| {
+                let n = count - c0;
+                format!(
+                    "{name} {n:.0} x {:.1} ms",
+                    if n > 0.0 {
+                        (sum - s0) / n * 1000.0
+                    } else {
+                        0.0
+                    }
+                )
             })
             .collect();
-        latencies.sort_unstable();
+        println!(
+            "load: offered {rate}/s, stage timings (count x mean): {}",
+            stages.join(", ")
+        );
+        let got = alerts.lock().expect("lock").clone();
+        let found = findings.lock().expect("lock").clone();
+        let posted = posted.lock().expect("lock").clone();
+        let sorted = |mut v: Vec<u64>| {
+            v.sort_unstable();
+            v
+        };
+        let since = |from: i64, to: i64| to.saturating_sub(from).max(0) as u64;
+        let latencies = |busy: bool| {
+            sorted(
+                posted
+                    .iter()
+                    .filter(|(_, a)| a.busy == busy)
+                    .filter_map(|(pod, a)| got.get(pod).map(|t| since(a.posted, *t)))
+                    .collect(),
+            )
+        };
+        let quiet: Vec<(&String, &Attack)> = posted.iter().filter(|(_, a)| !a.busy).collect();
         let step = Step {
             offered: rate,
             accepted_per_s: accepted as f64 / took,
             backlog_at_end: backlog,
             drain_s,
-            attacks: attacks as usize,
-            latencies_ms: latencies,
+            quiet_ms: latencies(false),
+            busy_ms: latencies(true),
+            quiet_attacks: quiet.len(),
+            busy_attacks: posted.len() - quiet.len(),
+            ingest_ms: sorted(
+                quiet
+                    .iter()
+                    .map(|(_, a)| since(a.posted, a.acked))
+                    .collect(),
+            ),
+            to_finding_ms: sorted(
+                quiet
+                    .iter()
+                    .filter_map(|(pod, a)| found.get(*pod).map(|t| since(a.posted, *t)))
+                    .collect(),
+            ),
+            finding_to_alert_ms: sorted(
+                quiet
+                    .iter()
+                    .filter_map(|(pod, _)| Some(since(*found.get(*pod)?, *got.get(*pod)?)))
+                    .collect(),
+            ),
             peak_rss_mb: *peak.lock().expect("lock"),
             cores,
         };
+        let p = |v: &[u64]| {
+            format!(
+                "p50 {} ms p99 {} ms",
+                percentile(v, 0.5),
+                percentile(v, 0.99)
+            )
+        };
         println!(
             "load: offered {rate}/s: accepted {:.0}/s, enrich backlog at the end {:.0} events (drained in {:.1} s), \
-             alerts {}/{} attacks, event-to-alert p50 {} ms p99 {} ms, peak memory {:.0} MB, \
-             cores busy: korvid {:.2}, broker {:.2}, generator {:.2}",
+             quiet namespaces: alerts {}/{} attacks, event-to-alert {}; busy namespace: alerts {}/{}, {}; \
+             quiet attacks: ingest answered {}, finding raised {}, finding to alert {}; \
+             peak memory {:.0} MB, cores busy: korvid {:.2}, broker {:.2}, generator {:.2}",
             step.accepted_per_s,
             step.backlog_at_end,
             step.drain_s,
-            step.latencies_ms.len(),
-            step.attacks,
-            percentile(&step.latencies_ms, 0.5),
-            percentile(&step.latencies_ms, 0.99),
+            step.quiet_ms.len(),
+            step.quiet_attacks,
+            p(&step.quiet_ms),
+            step.busy_ms.len(),
+            step.busy_attacks,
+            p(&step.busy_ms),
+            p(&step.ingest_ms),
+            p(&step.to_finding_ms),
+            p(&step.finding_to_alert_ms),
             step.peak_rss_mb,
             step.cores.0,
             step.cores.1,
@@ -558,34 +714,65 @@ async fn main() {
     let _ = korvid.wait();
 
     let mut table = format!(
-        "\n## Load test (whole pipeline, `korvid up`, embedded broker on disk)\n\n\
-         Realistic audit events (perfspec-benign-audit replayed) posted in batches of 400 by {} concurrent posters on the same machine, \
-         one `kubectl exec` attack a second; latency = attack posted to alert received (windows included). \
+        "\n## Load test (whole pipeline, `korvid up`, embedded broker, {storage} storage)\n\n\
+         Realistic audit events (perfspec-benign-audit replayed) posted in batches of 400 by {} concurrent posters on the same machine. \
+         Attacks (`kubectl exec`, each its own request): every 250 ms one in a quiet namespace (four namespaces with one exec a second each and no \
+         other traffic: the window closes on the idle flush, {idle} ms), and every second one in `{BUSY_NAMESPACE}` (busy: the window closes once the \
+         watermark passes its end, up to the window, {window} ms, plus the allowed lateness, {late} ms, after the event). \
+         Latency = attack posted to alert received, windows included. \
          Baseline: the same generator posting to an HTTP server that discards the batches.\n\n\
          Cores busy: average CPU use while the step's events were offered, of korvid, of its broker (tansu) \
          and of the generator (this process), out of the machine's {}.\n\n\
-         | offered events/s | accepted events/s | baseline events/s | accepted / baseline | enrich backlog at end | drain s | alerts / attacks | p50 ms | p99 ms | peak MB (korvid + broker) | cores busy (korvid / broker / generator) |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+         | offered events/s | accepted events/s | baseline events/s | accepted / baseline | enrich backlog at end | drain s | alerts / attacks, quiet | p50 / p99 ms, quiet | alerts / attacks, busy | p50 / p99 ms, busy | peak MB (korvid + broker) | cores busy (korvid / broker / generator) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
         posters(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        storage = broker_storage(),
+        idle = korvid_enrich::EnrichSettings::default().idle_flush_ms,
+        window = korvid_enrich::EnrichSettings::default().window_ms,
+        late = korvid_enrich::EnrichSettings::default().allowed_lateness_ms,
     );
+    if !extra_config().is_empty() {
+        table.push_str(&format!(
+            "\nSettings changed from the defaults for this run (`KORVID_LOAD_CONFIG`):\n\n```toml\n{}\n```\n\n",
+            extra_config().trim()
+        ));
+    }
+    let p = |v: &[u64]| format!("{} / {}", percentile(v, 0.5), percentile(v, 0.99));
     for s in &steps {
         table.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} | {}/{} | {} | {} | {:.0} | {:.2} / {:.2} / {:.2} |\n",
+            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} | {}/{} | {} | {}/{} | {} | {:.0} | {:.2} / {:.2} / {:.2} |\n",
             s.offered,
             s.accepted_per_s,
             baseline,
             s.accepted_per_s / baseline,
             s.backlog_at_end,
             s.drain_s,
-            s.latencies_ms.len(),
-            s.attacks,
-            percentile(&s.latencies_ms, 0.5),
-            percentile(&s.latencies_ms, 0.99),
+            s.quiet_ms.len(),
+            s.quiet_attacks,
+            p(&s.quiet_ms),
+            s.busy_ms.len(),
+            s.busy_attacks,
+            p(&s.busy_ms),
             s.peak_rss_mb,
             s.cores.0,
             s.cores.1,
             s.cores.2
+        ));
+    }
+    table.push_str(
+        "\nWhere the quiet attacks' time goes (p50 / p99 ms): the webhook's answer (ingest has the event on Kafka), \
+         the finding (`detected_at`, read from the findings topic: ingest, enrich's window, detect), and the finding to the alert \
+         (notify's group_wait and the webhook sink).\n\n\
+         | offered events/s | post to webhook answer | post to finding | finding to alert |\n|---|---|---|---|\n",
+    );
+    for s in &steps {
+        table.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            s.offered,
+            p(&s.ingest_ms),
+            p(&s.to_finding_ms),
+            p(&s.finding_to_alert_ms)
         ));
     }
     print!("{table}");
@@ -598,4 +785,42 @@ async fn main() {
             .expect("bench output");
         f.write_all(table.as_bytes()).expect("write");
     }
+}
+
+/// Follows the findings topic from the start and notes when detect raised each exec finding
+/// (`detected_at`), by the exec'd pod's name.
+fn follow_exec_findings(bootstrap: &str) -> Seen {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Message;
+    let seen: Seen = Arc::default();
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "load-test-findings")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "50")
+        .create()
+        .expect("findings consumer");
+    consumer
+        .subscribe(&["korvid.findings.v1"])
+        .expect("subscribe");
+    let book = seen.clone();
+    tokio::spawn(async move {
+        let decoder = korvid_schemas::codec::Decoder::<korvid_schemas::Finding>::new();
+        loop {
+            let Ok(m) = consumer.recv().await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            if let Some(f) = m.payload().and_then(|p| decoder.decode(p).ok())
+                && f.rule_id.as_deref() == Some("KOR-0001")
+            {
+                book.lock()
+                    .expect("lock")
+                    .entry(f.subject.name)
+                    .or_insert(f.detected_at);
+            }
+        }
+    });
+    seen
 }

@@ -27,7 +27,7 @@ impl Default for EnrichSettings {
         EnrichSettings {
             window_ms: 2_000,
             allowed_lateness_ms: 1_000,
-            idle_flush_ms: 500,
+            idle_flush_ms: 300,
             max_buffered_events: 200_000,
             full_window_ms: 600_000,
             max_window_nodes: 20_000,

@@ -66,7 +66,7 @@ impl Default for NotifySettings {
             policy: None,
             min_severity: "medium".into(),
             group_by: vec![GroupLabel::Cluster, GroupLabel::Subject],
-            group_wait_ms: 250,
+            group_wait_ms: 50,
             group_interval_ms: 60_000,
             repeat_interval_ms: 4 * 3600 * 1000,
             resolve_timeout_ms: 15 * 60 * 1000,
