@@ -62,6 +62,8 @@ bench: setup ## Every benchmark against its same-run baseline (release build; in
 	@cat target/bench-route.out; sed -n 's/^BENCH //p' target/bench-route.out >> BENCHMARKS.md
 	$(MAKE) --no-print-directory bench-model MODEL_MARKDOWN=$(CURDIR)/BENCHMARKS.md
 	KORVID_BENCH_OUT=$(CURDIR)/BENCHMARKS.md $(CARGO) bench --bench load
+	KORVID_BENCH_OUT=$(CURDIR)/BENCHMARKS.md KORVID_LOAD_BROKER_STORAGE=memory KORVID_LOAD_RATES=20000 \
+	  $(CARGO) bench --bench load
 
 loadtest: setup ## The whole pipeline under sustained realistic audit traffic: accepted rate, backlog, event-to-alert p50/p99, memory (KORVID_LOAD_RATES, KORVID_LOAD_STEP_S)
 	$(CARGO) bench --bench load
