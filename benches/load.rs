@@ -210,6 +210,47 @@ struct Step {
     cores: (f64, f64, f64),
 }
 
+/// p50 / p99 of sorted milliseconds.
+fn p50_p99(sorted: &[u64]) -> String {
+    format!("{} / {}", percentile(sorted, 0.5), percentile(sorted, 0.99))
+}
+
+impl Step {
+    /// Its row of the main table.
+    fn row(&self, baseline: f64) -> String {
+        format!(
+            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} | {}/{} | {} | {}/{} | {} | {:.0} | {:.2} / {:.2} / {:.2} |\n",
+            self.offered,
+            self.accepted_per_s,
+            baseline,
+            self.accepted_per_s / baseline,
+            self.backlog_at_end,
+            self.drain_s,
+            self.quiet_ms.len(),
+            self.quiet_attacks,
+            p50_p99(&self.quiet_ms),
+            self.busy_ms.len(),
+            self.busy_attacks,
+            p50_p99(&self.busy_ms),
+            self.peak_rss_mb,
+            self.cores.0,
+            self.cores.1,
+            self.cores.2
+        )
+    }
+
+    /// Its row of the table of where the quiet attacks' time goes.
+    fn breakdown_row(&self) -> String {
+        format!(
+            "| {} | {} | {} | {} |\n",
+            self.offered,
+            p50_p99(&self.ingest_ms),
+            p50_p99(&self.to_finding_ms),
+            p50_p99(&self.finding_to_alert_ms)
+        )
+    }
+}
+
 /// Posts `rate` events/s (0: as fast as possible) for `secs` to `url`, with attacks when
 /// `attacks` is set: every 250 ms one in a quiet namespace (each of [`QUIET_NAMESPACES`] once a
 /// second) and every second one in [`BUSY_NAMESPACE`]. Returns the events the receiver took.
@@ -675,34 +716,10 @@ async fn main() {
             peak_rss_mb: *peak.lock().expect("lock"),
             cores,
         };
-        let p = |v: &[u64]| {
-            format!(
-                "p50 {} ms p99 {} ms",
-                percentile(v, 0.5),
-                percentile(v, 0.99)
-            )
-        };
-        println!(
-            "load: offered {rate}/s: accepted {:.0}/s, enrich backlog at the end {:.0} events (drained in {:.1} s), \
-             quiet namespaces: alerts {}/{} attacks, event-to-alert {}; busy namespace: alerts {}/{}, {}; \
-             quiet attacks: ingest answered {}, finding raised {}, finding to alert {}; \
-             peak memory {:.0} MB, cores busy: korvid {:.2}, broker {:.2}, generator {:.2}",
-            step.accepted_per_s,
-            step.backlog_at_end,
-            step.drain_s,
-            step.quiet_ms.len(),
-            step.quiet_attacks,
-            p(&step.quiet_ms),
-            step.busy_ms.len(),
-            step.busy_attacks,
-            p(&step.busy_ms),
-            p(&step.ingest_ms),
-            p(&step.to_finding_ms),
-            p(&step.finding_to_alert_ms),
-            step.peak_rss_mb,
-            step.cores.0,
-            step.cores.1,
-            step.cores.2
+        print!(
+            "load: {}load: time of the quiet attacks: {}",
+            step.row(baseline),
+            step.breakdown_row()
         );
         steps.push(step);
     }
@@ -738,27 +755,8 @@ async fn main() {
             extra_config().trim()
         ));
     }
-    let p = |v: &[u64]| format!("{} / {}", percentile(v, 0.5), percentile(v, 0.99));
     for s in &steps {
-        table.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} | {}/{} | {} | {}/{} | {} | {:.0} | {:.2} / {:.2} / {:.2} |\n",
-            s.offered,
-            s.accepted_per_s,
-            baseline,
-            s.accepted_per_s / baseline,
-            s.backlog_at_end,
-            s.drain_s,
-            s.quiet_ms.len(),
-            s.quiet_attacks,
-            p(&s.quiet_ms),
-            s.busy_ms.len(),
-            s.busy_attacks,
-            p(&s.busy_ms),
-            s.peak_rss_mb,
-            s.cores.0,
-            s.cores.1,
-            s.cores.2
-        ));
+        table.push_str(&s.row(baseline));
     }
     table.push_str(
         "\nWhere the quiet attacks' time goes (p50 / p99 ms): the webhook's answer (ingest has the event on Kafka), \
@@ -767,13 +765,7 @@ async fn main() {
          | offered events/s | post to webhook answer | post to finding | finding to alert |\n|---|---|---|---|\n",
     );
     for s in &steps {
-        table.push_str(&format!(
-            "| {} | {} | {} | {} |\n",
-            s.offered,
-            p(&s.ingest_ms),
-            p(&s.to_finding_ms),
-            p(&s.finding_to_alert_ms)
-        ));
+        table.push_str(&s.breakdown_row());
     }
     print!("{table}");
     if let Ok(path) = std::env::var("KORVID_BENCH_OUT") {
