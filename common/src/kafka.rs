@@ -40,6 +40,42 @@ use crate::telemetry::Telemetry;
 
 mod group_watch;
 
+/// librdkafka properties that `[kafka.client]` may not set, and why: korvid's delivery
+/// guarantees rest on them, or a dedicated setting owns them. Every other property in
+/// `[kafka.client]` overrides korvid's default for it.
+const MANAGED_CLIENT_KEYS: &[(&str, &str)] = &[
+    ("bootstrap.servers", "set kafka.bootstrap_servers"),
+    ("group.id", "set kafka.group_prefix"),
+    ("message.timeout.ms", "set kafka.produce_timeout_ms"),
+    (
+        "enable.auto.offset.store",
+        "offsets move only once outputs are safe",
+    ),
+    (
+        "enable.auto.commit",
+        "offsets move only once outputs are safe",
+    ),
+    (
+        "enable.idempotence",
+        "producers are idempotent, so retries add no duplicates",
+    ),
+    (
+        "acks",
+        "every in-sync replica acknowledges a record before korvid counts it stored",
+    ),
+    (
+        "enable.partition.eof",
+        "consumers run without end-of-partition events",
+    ),
+];
+
+/// Sets `key` unless the user's `[kafka.client]` already did.
+fn default(cfg: &mut ClientConfig, key: &str, value: &str) {
+    if cfg.get(key).is_none() {
+        cfg.set(key, value);
+    }
+}
+
 /// `[kafka]` settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -58,7 +94,8 @@ pub struct KafkaSettings {
     pub group_prefix: String,
     /// How to authenticate and encrypt (`[kafka.security]`).
     pub security: KafkaSecurity,
-    /// Extra librdkafka properties for every client (tuning; security belongs in `security`).
+    /// Extra librdkafka properties for every client (tuning: they override korvid's defaults,
+    /// e.g. `linger.ms`; security belongs in `security`; `MANAGED_CLIENT_KEYS` are refused).
     pub client: BTreeMap<String, String>,
     /// Static group membership: librdkafka's `group.instance.id` for this process's group
     /// consumers, unique per instance (a pod's name), so a restarted instance gets its
@@ -341,11 +378,11 @@ impl Validate for KafkaSettings {
             100,
             3_600_000,
         )?;
-        for key in ["bootstrap.servers", "group.id", "enable.auto.offset.store"] {
-            if self.client.contains_key(key) {
+        for (key, why) in MANAGED_CLIENT_KEYS {
+            if self.client.contains_key(*key) {
                 return Err(SettingsError::invalid(
                     format!("kafka.client.{key}"),
-                    "is managed by korvid; use the dedicated setting",
+                    format!("is managed by korvid: {why}"),
                 ));
             }
         }
@@ -615,7 +652,9 @@ impl KafkaContext {
         }
     }
 
-    /// Base client configuration: bootstrap, security and the user's extra properties.
+    /// Base client configuration: bootstrap, security and the user's `[kafka.client]`
+    /// properties. Each kind of client adds its own defaults below those properties
+    /// ([`default`]), and the managed ones over them ([`MANAGED_CLIENT_KEYS`]).
     pub fn client_config(&self) -> ClientConfig {
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", &self.bootstrap);
@@ -729,20 +768,28 @@ impl KafkaContext {
 
     /// An idempotent producer.
     pub fn producer(&self) -> Result<RecordProducer, KafkaClientError> {
-        let mut cfg = self.client_config();
-        cfg.set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("compression.type", "lz4")
-            .set(
-                "message.timeout.ms",
-                self.settings.produce_timeout_ms.to_string(),
-            );
-        let producer: FutureProducer = cfg.create().map_err(kafka("create producer"))?;
+        let producer: FutureProducer = self
+            .producer_config()
+            .create()
+            .map_err(kafka("create producer"))?;
         Ok(RecordProducer {
             producer,
             ctx: self.clone(),
         })
+    }
+
+    /// The configuration of a producer: idempotent, every in-sync replica acknowledging.
+    fn producer_config(&self) -> ClientConfig {
+        let mut cfg = self.client_config();
+        cfg.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set(
+                "message.timeout.ms",
+                self.settings.produce_timeout_ms.to_string(),
+            );
+        default(&mut cfg, "linger.ms", "5");
+        default(&mut cfg, "compression.type", "lz4");
+        cfg
     }
 
     /// An at-least-once consumer in `group`, subscribed to `topics`.
@@ -790,16 +837,16 @@ impl KafkaContext {
         }
         cfg.set("group.id", group)
             .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
-            // Alerts are latency-sensitive and volumes per hop are modest: do not let an idle
-            // fetch sit at the broker for librdkafka's default 500 ms.
-            .set("fetch.wait.max.ms", "100")
-            .set("enable.partition.eof", "false")
-            // Statistics carry each partition's lag (RebalanceContext::stats).
-            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
+            .set("enable.partition.eof", "false");
+        default(&mut cfg, "auto.commit.interval.ms", "1000");
+        default(&mut cfg, "auto.offset.reset", "earliest");
+        default(&mut cfg, "session.timeout.ms", "10000");
+        // Alerts are latency-sensitive and volumes per hop are modest: do not let an idle fetch
+        // sit at the broker for librdkafka's default 500 ms.
+        default(&mut cfg, "fetch.wait.max.ms", "100");
+        // Statistics carry each partition's lag (RebalanceContext::stats).
+        default(&mut cfg, "statistics.interval.ms", STATISTICS_INTERVAL_MS);
         cfg
     }
 
@@ -825,8 +872,8 @@ impl KafkaContext {
             format!("{}-follower", self.settings.group_prefix),
         )
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", "100");
+        .set("enable.partition.eof", "false");
+        default(&mut cfg, "fetch.wait.max.ms", "100");
         let consumer: BaseConsumer = cfg.create().map_err(kafka("create follower"))?;
         let timeout = Timeout::After(Duration::from_secs(10));
         let mut tpl = TopicPartitionList::new();
@@ -1702,6 +1749,31 @@ mod tests {
             lag["korvid.k8s.events.v1"], 0,
             "a topic with nothing assigned"
         );
+    }
+
+    #[test]
+    fn client_properties_override_defaults_but_not_managed_keys() {
+        let mut settings = KafkaSettings::default();
+        for (k, v) in [("linger.ms", "25"), ("session.timeout.ms", "6000")] {
+            settings.client.insert(k.into(), v.into());
+        }
+        settings.validate().expect("tuning is allowed");
+        let ctx = KafkaContext::new(settings, "127.0.0.1:1".into(), &Telemetry::new());
+        let producer = ctx.producer_config();
+        assert_eq!(producer.get("linger.ms"), Some("25"));
+        assert_eq!(producer.get("compression.type"), Some("lz4"));
+        assert_eq!(producer.get("acks"), Some("all"));
+        let consumer = ctx.consumer_config("korvid-detect");
+        assert_eq!(consumer.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(consumer.get("fetch.wait.max.ms"), Some("100"));
+        assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"));
+
+        for (key, _) in MANAGED_CLIENT_KEYS {
+            let mut settings = KafkaSettings::default();
+            settings.client.insert(key.to_string(), "1".into());
+            let e = settings.validate().expect_err(key).to_string();
+            assert!(e.contains(&format!("kafka.client.{key}")), "{e}");
+        }
     }
 
     #[test]
