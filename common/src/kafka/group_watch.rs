@@ -103,7 +103,7 @@ struct Strikes(u8);
 
 /// What a check decided.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Verdict {
+enum Verdict {
     /// Nothing to do.
     Fine,
     /// Leave and join again: short of its share at [`STRIKES`] checks in a row.
@@ -112,10 +112,10 @@ pub(super) enum Verdict {
 
 /// A topic of which a consumer owns less than its fair share.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Shortfall {
-    pub topic: String,
-    pub owned: usize,
-    pub fair: usize,
+struct Shortfall {
+    topic: String,
+    owned: usize,
+    fair: usize,
 }
 
 impl Strikes {
