@@ -104,7 +104,6 @@ async fn a_real_run_reports_latency_lag_and_batching() {
     let cfg =
         KorvidConfig::new(dir.path(), &receiver.url).with_extra("[detect.model]\nmode = \"on\"\n");
     let korvid = Korvid::start(&cfg).await;
-    let started = Instant::now();
 
     let posted = Instant::now();
     post_ok(
@@ -232,7 +231,7 @@ async fn a_real_run_reports_latency_lag_and_batching() {
     // The group watch (common/src/kafka/group_watch.rs) looks every 5 s and rejoins after two
     // looks in a row find a consumer short of its partitions: past two looks, a healthy group
     // has never been left and joined again.
-    tokio::time::sleep(Duration::from_secs(12).saturating_sub(started.elapsed())).await;
+    tokio::time::sleep(Duration::from_secs(12).saturating_sub(posted.elapsed())).await;
     let m = Scrape::of(&cfg).await;
     for group in [
         "korvid-enrich",
