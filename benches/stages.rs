@@ -608,6 +608,7 @@ fn main() {
         events: events.clone(),
         offsets: vec![],
         traces: Vec::new(),
+        early: false,
     };
     let korvid = time(5, 3, || {
         black_box(
@@ -651,6 +652,7 @@ fn main() {
             size_ms: 2_000,
             lateness_ms: 1_000,
             idle_flush: Duration::from_secs(60),
+            early_fire: None,
             max_buffered: 1_000_000,
         });
         let tp = ("bench".to_string(), 0);
@@ -742,6 +744,7 @@ fn main() {
         events: traffic,
         offsets: vec![],
         traces: Vec::new(),
+        early: false,
     };
     let record = rt
         .block_on(agg.graph_window(&busy, Some(&around)))

@@ -93,6 +93,7 @@ async fn state_findings_cover_the_window_focus_and_full_windows_cover_everything
         events,
         offsets: vec![],
         traces: Vec::new(),
+        early: false,
     };
     let incremental = ActivityAggregator::new()
         .await

@@ -8,6 +8,7 @@ pub mod engine;
 pub mod exceptions;
 pub mod model;
 pub mod prefilter;
+mod repeats;
 pub mod rules;
 mod service;
 mod settings;

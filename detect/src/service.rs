@@ -115,6 +115,15 @@ pub async fn run(settings: DetectSettings, ctx: ServiceContext) -> Result<(), De
         "Rule executions that failed, by rule",
         Family::default(),
     );
+    let repeated: Counter = t.register(
+        "detect_findings_repeated",
+        "Findings not published again: an earlier part of the same window (an early pane) \
+         already published them",
+        Counter::default(),
+    );
+    // Early panes of one window reach the same partition within seconds; a few thousand
+    // windows with findings cover them many times over.
+    let mut published = crate::repeats::PublishedFindings::new(4_096);
     let excepted: Counter = t.register(
         "detect_findings_excepted",
         "Findings not published because an exception in force covers them",
@@ -240,6 +249,7 @@ pub async fn run(settings: DetectSettings, ctx: ServiceContext) -> Result<(), De
                         }
                         let removed = exceptions.apply(&mut eval.findings, now);
                         excepted.inc_by(removed.values().sum::<usize>() as u64);
+                        repeated.inc_by(published.drop_repeats(&mut eval.findings) as u64);
                         for (rule, err) in &eval.failed_rules {
                             tracing::error!(rule = %rule, error = %err, "rule failed on a window");
                             rule_errors
@@ -260,6 +270,7 @@ pub async fn run(settings: DetectSettings, ctx: ServiceContext) -> Result<(), De
                             failure = Some(e.to_string());
                             break;
                         }
+                        published.remember(&eval.findings);
                         for f in &eval.findings {
                             tracing::info!(rule = ?f.rule_id, detector = ?f.detector, subject = %f.subject, tactic = f.tactic.as_str(), "finding");
                             findings

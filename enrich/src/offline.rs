@@ -53,6 +53,7 @@ pub async fn windows(
         // Files are read whole: nothing is late except what sorting cannot fix (none).
         lateness_ms: i64::MAX / 4,
         idle_flush: Duration::from_secs(3600),
+        early_fire: None,
         max_buffered: usize::MAX,
     });
     let tp = ("offline".to_string(), 0);

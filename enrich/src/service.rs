@@ -38,6 +38,7 @@ struct Metrics {
     late: Counter,
     duplicates: Counter,
     windows: Counter,
+    panes: Counter,
     buffered: Gauge,
     /// Publication (wall clock) minus the window's end (event time).
     latency: Histogram,
@@ -89,6 +90,12 @@ pub async fn run(settings: EnrichSettings, ctx: ServiceContext) -> Result<(), En
             "Graph windows published",
             Counter::default(),
         ),
+        panes: t.register(
+            "enrich_early_panes",
+            "Early panes published: the events an open window gathered since its last pane \
+             (enrich.early_fire_ms)",
+            Counter::default(),
+        ),
         buffered: t.register(
             "enrich_buffered_events",
             "Events held in open windows",
@@ -123,6 +130,8 @@ pub async fn run(settings: EnrichSettings, ctx: ServiceContext) -> Result<(), En
             size_ms: settings.window_ms,
             lateness_ms: settings.allowed_lateness_ms,
             idle_flush: Duration::from_millis(settings.idle_flush_ms),
+            early_fire: (settings.early_fire_ms != 0)
+                .then(|| Duration::from_millis(settings.early_fire_ms)),
             max_buffered: settings.max_buffered_events,
         }),
         topic: topics.windows.clone(),
@@ -133,8 +142,11 @@ pub async fn run(settings: EnrichSettings, ctx: ServiceContext) -> Result<(), En
     };
     ctx.telemetry.set_ready(COMPONENT, true);
     let mut tick = tokio::time::interval(
-        Duration::from_millis(settings.idle_flush_ms / 2)
-            .clamp(Duration::from_millis(20), Duration::from_millis(250)),
+        Duration::from_millis(match settings.early_fire_ms {
+            0 => settings.idle_flush_ms / 2,
+            early => settings.idle_flush_ms.min(early) / 2,
+        })
+        .clamp(Duration::from_millis(20), Duration::from_millis(250)),
     );
     let full_every = Duration::from_millis(if settings.full_window_ms == 0 {
         u64::MAX / 4
@@ -297,7 +309,7 @@ impl Enricher {
             };
             // The window continues its first event's trace and links the others'.
             let span = korvid_common::trace_context::span_after(
-                tracing::info_span!("enrich.window", key = %w.key, events = w.events.len()),
+                tracing::info_span!("enrich.window", key = %w.key, events = w.events.len(), early = w.early),
                 w.traces.first().map(String::as_str),
             );
             for t in w.traces.iter().skip(1) {
@@ -311,7 +323,10 @@ impl Enricher {
                 }
             }
             // Offsets move only once every part is in Kafka; a replay rebuilds the same ids.
-            if all_published {
+            // An early pane has none: the window's final publication releases them.
+            if all_published && w.early {
+                self.metrics.panes.inc();
+            } else if all_published {
                 self.windows.published(&w.offsets);
                 // A window published before its end (idle flush) kept nobody waiting.
                 let waited_ms = (korvid_common::now_millis() - w.end).max(0);

@@ -13,6 +13,10 @@ pub struct EnrichSettings {
     pub allowed_lateness_ms: i64,
     /// Close a partition's windows when it has been quiet this long (processing time).
     pub idle_flush_ms: u64,
+    /// Publish what an open window gathered since its last early pane at most this long after
+    /// the first of those events arrived (processing time; 0: only whole windows). A busy
+    /// namespace then alerts in about this time instead of the window plus the lateness.
+    pub early_fire_ms: u64,
     /// Upper bound on raw events held in open windows; the oldest windows close early beyond it.
     pub max_buffered_events: usize,
     /// Publish a window of each cluster's whole inventory this often (0: never), so rules see
@@ -28,6 +32,7 @@ impl Default for EnrichSettings {
             window_ms: 2_000,
             allowed_lateness_ms: 1_000,
             idle_flush_ms: 300,
+            early_fire_ms: 500,
             max_buffered_events: 200_000,
             full_window_ms: 600_000,
             max_window_nodes: 20_000,
@@ -45,6 +50,9 @@ impl Validate for EnrichSettings {
             3_600_000,
         )?;
         require_range("enrich.idle_flush_ms", self.idle_flush_ms, 50, 3_600_000)?;
+        if self.early_fire_ms != 0 {
+            require_range("enrich.early_fire_ms", self.early_fire_ms, 50, 3_600_000)?;
+        }
         require_range(
             "enrich.max_buffered_events",
             self.max_buffered_events,

@@ -1,5 +1,12 @@
-//! Event-time tumbling windows with a watermark, allowed lateness, an idle flush, a bound on
-//! buffered events, and the offset bookkeeping that makes emission at-least-once.
+//! Event-time tumbling windows with a watermark, allowed lateness, an idle flush, early panes,
+//! a bound on buffered events, and the offset bookkeeping that makes emission at-least-once.
+//!
+//! A window that keeps receiving events (a busy namespace) would keep its first event waiting
+//! its whole length plus the lateness. With `early_fire` set, such a window is also published
+//! early, as a *pane* of only the events that arrived since its previous pane, at most that long
+//! after the first of them arrived. The final publication at the watermark carries the whole
+//! window, so what spans panes is still seen. Panes and the final window share the window's id,
+//! so their findings share ids and are recognised as repeats downstream.
 //!
 //! Pure logic, no I/O: the service feeds events in and takes closed windows out. An offset is
 //! committable only once every event at or below it has been emitted in a window (or rejected).
@@ -21,6 +28,9 @@ pub struct WindowConfig {
     pub lateness_ms: i64,
     /// Processing-time quiet period after which a key's windows close.
     pub idle_flush: Duration,
+    /// Processing time after which an open window publishes what arrived since its last pane
+    /// (`None`: only whole windows are published).
+    pub early_fire: Option<Duration>,
     /// Bound on buffered events across all windows.
     pub max_buffered: usize,
 }
@@ -59,6 +69,9 @@ pub struct ClosedWindow {
     /// Trace contexts (`traceparent`) of the events, first come first, at most
     /// [`korvid_common::trace_context::MAX_LINKS`] + 1.
     pub traces: Vec<String>,
+    /// An early pane: the events since the window's previous pane, with no offsets (they are
+    /// released by the window's final publication).
+    pub early: bool,
 }
 
 struct OpenWindow {
@@ -68,6 +81,12 @@ struct OpenWindow {
     offsets: Vec<(TopicPartition, i64)>,
     tp: TopicPartition,
     traces: Vec<String>,
+    /// `events[..paned]` went out in early panes.
+    paned: usize,
+    /// Trace contexts of `events[paned..]`.
+    pane_traces: Vec<String>,
+    /// Arrival of `events[paned]`, the first event not in a pane yet.
+    pane_since: Option<Instant>,
 }
 
 struct KeyState {
@@ -170,6 +189,9 @@ impl WindowAssigner {
                 offsets: Vec::new(),
                 tp: tp.clone(),
                 traces: Vec::new(),
+                paned: 0,
+                pane_traces: Vec::new(),
+                pane_since: None,
             });
         if !window.ids.insert(event.audit_id.clone()) {
             self.seen(tp, offset);
@@ -177,23 +199,52 @@ impl WindowAssigner {
         }
         window.events.push(event);
         window.offsets.push((tp.clone(), offset));
-        if let Some(t) = trace
-            && window.traces.len() <= korvid_common::trace_context::MAX_LINKS
-        {
-            window.traces.push(t.to_string());
+        window.pane_since.get_or_insert(now);
+        if let Some(t) = trace {
+            for traces in [&mut window.traces, &mut window.pane_traces] {
+                if traces.len() <= korvid_common::trace_context::MAX_LINKS {
+                    traces.push(t.to_string());
+                }
+            }
         }
         self.buffered += 1;
         self.seen(tp, offset).pending.insert(offset);
         Admission::Buffered
     }
 
-    /// Windows that close now: past the watermark, idle, or pushed out by the buffer bound.
+    /// Windows that close now (past the watermark, idle, or pushed out by the buffer bound),
+    /// and the early panes of windows that stay open.
     ///
     /// Only the watermark makes a window final: an event for a window that was published early
     /// (idle, or for the buffer bound) opens it again, and it is published once more with what
     /// came since (same id, so replays stay idempotent). A sparse namespace whose window was
     /// flushed for idleness therefore loses no event that arrives within the allowed lateness.
     pub fn due(&mut self, now: Instant) -> Vec<ClosedWindow> {
+        let mut out = self.closing(now);
+        if let Some(early_fire) = self.cfg.early_fire {
+            for ((key, start), w) in &mut self.open {
+                if w.pane_since
+                    .is_some_and(|t| now.duration_since(t) >= early_fire)
+                {
+                    out.push(ClosedWindow {
+                        key: key.clone(),
+                        cluster: w.cluster.clone(),
+                        start: *start,
+                        end: start + self.cfg.size_ms,
+                        events: w.events[w.paned..].to_vec(),
+                        offsets: Vec::new(),
+                        traces: std::mem::take(&mut w.pane_traces),
+                        early: true,
+                    });
+                    w.paned = w.events.len();
+                    w.pane_since = None;
+                }
+            }
+        }
+        out
+    }
+
+    fn closing(&mut self, now: Instant) -> Vec<ClosedWindow> {
         let (size, lateness) = (self.cfg.size_ms, self.cfg.lateness_ms);
         for ks in self.keys.values_mut() {
             if ks.max_event_ms != i64::MIN {
@@ -239,6 +290,7 @@ impl WindowAssigner {
         all.into_iter().filter_map(|k| self.close(k)).collect()
     }
 
+    /// Removes a window and returns it whole, early panes included.
     fn close(&mut self, id: (String, i64)) -> Option<ClosedWindow> {
         let w = self.open.remove(&id)?;
         let (key, start) = id;
@@ -252,6 +304,7 @@ impl WindowAssigner {
             events: w.events,
             offsets: w.offsets,
             traces: w.traces,
+            early: false,
         })
     }
 
@@ -339,6 +392,7 @@ mod tests {
             size_ms: 2000,
             lateness_ms: 500,
             idle_flush: Duration::from_secs(60),
+            early_fire: None,
             max_buffered: 1000,
         }
     }
@@ -437,6 +491,52 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_busy_window_publishes_early_panes_then_the_whole_window() {
+        let mut c = cfg();
+        c.early_fire = Some(Duration::from_millis(100));
+        let mut w = WindowAssigner::new(c);
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        w.admit("k", ev("a", 100), &tp(), 1, at(0), None);
+        w.admit("k", ev("b", 200), &tp(), 2, at(50), None);
+        assert!(
+            w.due(at(99)).is_empty(),
+            "the pane's first event is 99 ms old"
+        );
+        let first = w.due(at(100));
+        assert_eq!(first.len(), 1);
+        assert!(first[0].early);
+        assert_eq!((first[0].start, first[0].end), (0, 2000));
+        let ids = |p: &ClosedWindow| {
+            p.events
+                .iter()
+                .map(|e| e.audit_id.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&first[0]), ["a", "b"]);
+        assert!(first[0].offsets.is_empty(), "a pane releases no offsets");
+        w.published(&first[0].offsets);
+        assert!(w.committable().is_empty());
+        assert!(w.due(at(500)).is_empty(), "nothing new, no pane");
+        // The next pane has only what came since.
+        w.admit("k", ev("c", 900), &tp(), 3, at(600), None);
+        let second = w.due(at(700));
+        assert_eq!(second.len(), 1);
+        assert_eq!(ids(&second[0]), ["c"]);
+        // The watermark passes: the whole window, every offset, no pane of the closing window.
+        w.admit("k", ev("d", 2600), &tp(), 4, at(710), None);
+        let last = w.due(at(800));
+        assert_eq!(last.len(), 1, "d's window is only 90 ms into its pane");
+        assert!(!last[0].early);
+        assert_eq!((last[0].start, last[0].end), (0, 2000));
+        assert_eq!(ids(&last[0]), ["a", "b", "c"]);
+        w.published(&last[0].offsets);
+        assert_eq!(w.committable(), vec![(tp(), 3)]);
+        let next = w.due(at(810));
+        assert_eq!((next.len(), next[0].start, next[0].early), (1, 2000, true));
     }
 
     #[test]

@@ -94,6 +94,7 @@ fn closed(events: Vec<AuditEvent>) -> ClosedWindow {
         events,
         offsets: Vec::new(),
         traces: Vec::new(),
+        early: false,
     }
 }
 
