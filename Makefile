@@ -64,6 +64,8 @@ bench: setup ## Every benchmark against its same-run baseline (release build; in
 	KORVID_BENCH_OUT=$(CURDIR)/BENCHMARKS.md $(CARGO) bench --bench load
 	KORVID_BENCH_OUT=$(CURDIR)/BENCHMARKS.md KORVID_LOAD_BROKER_STORAGE=memory KORVID_LOAD_RATES=20000 \
 	  $(CARGO) bench --bench load
+	KORVID_BENCH_OUT=$(CURDIR)/BENCHMARKS.md KORVID_LOAD_BROKER_STORAGE=memory KORVID_LOAD_RATES=20000 \
+	  KORVID_LOAD_CONFIG="$$(printf '[enrich]\nearly_fire_ms = 0')" $(CARGO) bench --bench load
 
 loadtest: setup ## The whole pipeline under sustained realistic audit traffic: accepted rate, backlog, event-to-alert p50/p99, memory (KORVID_LOAD_RATES, KORVID_LOAD_STEP_S)
 	$(CARGO) bench --bench load

@@ -164,8 +164,8 @@ type Seen = Arc<Mutex<HashMap<String, i64>>>;
 /// Namespaces the quiet attacks rotate over: each gets one attack a second and nothing else,
 /// so its window closes on the idle flush.
 const QUIET_NAMESPACES: u64 = 4;
-/// The namespace of the busy attacks: one of the corpus's busiest, so the attack's window closes
-/// when the watermark passes it (window plus allowed lateness).
+/// The namespace of the busy attacks: one of the corpus's busiest, never idle, so the attack's
+/// window goes out in early panes (`enrich.early_fire_ms`) and whole once the watermark passes it.
 const BUSY_NAMESPACE: &str = "kube-system";
 
 /// One injected attack.
@@ -734,8 +734,9 @@ async fn main() {
         "\n## Load test (whole pipeline, `korvid up`, embedded broker, {storage} storage)\n\n\
          Realistic audit events (perfspec-benign-audit replayed) posted in batches of 400 by {} concurrent posters on the same machine. \
          Attacks (`kubectl exec`, each its own request): every 250 ms one in a quiet namespace (four namespaces with one exec a second each and no \
-         other traffic: the window closes on the idle flush, {idle} ms), and every second one in `{BUSY_NAMESPACE}` (busy: the window closes once the \
-         watermark passes its end, up to the window, {window} ms, plus the allowed lateness, {late} ms, after the event). \
+         other traffic: the window closes on the idle flush, {idle} ms), and every second one in `{BUSY_NAMESPACE}` (busy, never idle: the window publishes an early pane \
+         at most {early} ms after the event arrives, and closes once the watermark passes its end, up to the window, {window} ms, plus the \
+         allowed lateness, {late} ms, after the event). \
          Latency = attack posted to alert received, windows included. \
          Baseline: the same generator posting to an HTTP server that discards the batches.\n\n\
          Cores busy: average CPU use while the step's events were offered, of korvid, of its broker (tansu) \
@@ -746,6 +747,7 @@ async fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         storage = broker_storage(),
         idle = korvid_enrich::EnrichSettings::default().idle_flush_ms,
+        early = korvid_enrich::EnrichSettings::default().early_fire_ms,
         window = korvid_enrich::EnrichSettings::default().window_ms,
         late = korvid_enrich::EnrichSettings::default().allowed_lateness_ms,
     );
