@@ -363,6 +363,12 @@ fn finish_event(
         api_version: None,
         subresource: None,
     });
+    // Most URIs hide nothing and are moved, not copied.
+    let request_uri = match sanitizer.sanitize_request_uri(&ev.request_uri) {
+        std::borrow::Cow::Owned(clean) => Some(clean),
+        std::borrow::Cow::Borrowed(_) => None,
+    }
+    .unwrap_or(ev.request_uri);
     let request_object = ev
         .request_object
         .map(|o| sanitizer.sanitize_object(object.resource.as_deref(), o))
@@ -374,7 +380,7 @@ fn finish_event(
         stage: ev.stage,
         level: ev.level,
         verb: ev.verb,
-        request_uri: ev.request_uri,
+        request_uri,
         user: ev.user.username,
         groups: ev.user.groups,
         impersonated_user: ev.impersonated_user.map(|u| u.username),

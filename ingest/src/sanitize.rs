@@ -3,6 +3,13 @@
 //! Secret `data`/`stringData` values, container env values, ConfigMap values under secret-like
 //! keys and `last-applied-configuration` annotations are replaced by a keyed hash
 //! (`hmac-sha256:<hex>`), so equal values can still be correlated but never read back.
+//!
+//! So are secrets on a command line: an exec's `requestURI` carries its arguments as `command`
+//! query parameters, and people do type `mysql --password=...`, `env API_TOKEN=... cmd` or
+//! `curl -H 'Authorization: Bearer ...'`. The argument's shape stays (the flag, the variable's
+//! name, the scheme); only the value is hashed, so rules still see which program ran with what.
+
+use std::borrow::Cow;
 
 use hmac::{Hmac, Mac};
 use serde_json::Value;
@@ -118,6 +125,137 @@ impl Sanitizer {
         obj
     }
 
+    /// Hashes the secrets in a request URI's query: values of secret-like parameters, and
+    /// secrets inside `command` arguments (see the module docs). Parameters with nothing to
+    /// hide are kept byte for byte.
+    pub fn sanitize_request_uri<'a>(&self, uri: &'a str) -> Cow<'a, str> {
+        let Some((path, query)) = uri.split_once('?') else {
+            return Cow::Borrowed(uri);
+        };
+        let mut changed = false;
+        let mut line = CommandLine::default();
+        let pairs: Vec<Cow<str>> = query
+            .split('&')
+            .map(|raw| {
+                let Some((name, value)) = form_urlencoded::parse(raw.as_bytes()).next() else {
+                    return Cow::Borrowed(raw);
+                };
+                let clean = if name == "command" {
+                    self.sanitize_arg(&mut line, &value)
+                } else if is_secret_like(&name) {
+                    Some(self.hash(&value))
+                } else {
+                    None
+                };
+                match clean {
+                    Some(clean) => {
+                        changed = true;
+                        Cow::Owned(
+                            form_urlencoded::Serializer::new(String::new())
+                                .append_pair(&name, &clean)
+                                .finish(),
+                        )
+                    }
+                    None => Cow::Borrowed(raw),
+                }
+            })
+            .collect();
+        if !changed {
+            return Cow::Borrowed(uri);
+        }
+        Cow::Owned(format!("{path}?{}", pairs.join("&")))
+    }
+
+    /// One command-line argument with its secrets hashed, or `None` when it shows none. An
+    /// argument with spaces (`sh -c '...'`) is read word by word.
+    fn sanitize_arg(&self, line: &mut CommandLine, arg: &str) -> Option<String> {
+        let authorized = self.hash_credentials(arg);
+        let text = authorized.as_deref().unwrap_or(arg);
+        if !text.contains(char::is_whitespace) {
+            return self.sanitize_word(line, text).or(authorized);
+        }
+        let mut changed = authorized.is_some();
+        let words: Vec<String> = text
+            .split(char::is_whitespace)
+            .map(|w| match self.sanitize_word(line, w) {
+                Some(clean) => {
+                    changed = true;
+                    clean
+                }
+                None => w.to_string(),
+            })
+            .collect();
+        changed.then(|| words.join(" "))
+    }
+
+    /// Hashes the credentials after each `Bearer ` or `Basic ` (an `Authorization` header).
+    fn hash_credentials(&self, arg: &str) -> Option<String> {
+        let mut out = String::new();
+        let mut rest = arg;
+        while let Some((at, scheme)) = ["Bearer ", "Basic ", "bearer ", "basic "]
+            .iter()
+            .filter_map(|scheme| rest.find(scheme).map(|at| (at, scheme.len())))
+            .min()
+        {
+            let start = at + scheme;
+            let end = rest[start..]
+                .find(|c: char| c.is_whitespace() || c == '\'' || c == '"')
+                .map_or(rest.len(), |n| start + n);
+            out.push_str(&rest[..start]);
+            if end > start {
+                out.push_str(&self.hash(&rest[start..end]));
+            }
+            rest = &rest[end..];
+        }
+        (!out.is_empty()).then(|| out + rest)
+    }
+
+    /// One word of a command line with its secret hashed, or `None` when it shows none.
+    fn sanitize_word(&self, line: &mut CommandLine, word: &str) -> Option<String> {
+        let previous = line.previous.replace(word.to_string());
+        if MYSQL_CLIENTS.contains(&program_name(word)) {
+            line.mysql = true;
+        }
+        // The value of a bare secret flag: `--password hunter2`.
+        if previous.is_some_and(|p| !p.contains('=') && is_secret_flag(&p)) {
+            return Some(self.hash(word));
+        }
+        // `--password=hunter2`, `PGPASSWORD=hunter2`.
+        if let Some((name, value)) = word.split_once('=')
+            && !value.is_empty()
+            && (is_secret_flag(name) || is_variable(name) && is_secret_like(name))
+        {
+            return Some(format!("{name}={}", self.hash(value)));
+        }
+        // A password in a URL: `postgres://app:hunter2@db/app`.
+        if let Some(scheme_end) = word.find("://") {
+            let authority_start = scheme_end + 3;
+            let authority_end = word[authority_start..]
+                .find(['/', '?', '#'])
+                .map_or(word.len(), |n| authority_start + n);
+            let authority = &word[authority_start..authority_end];
+            if let Some(at) = authority.rfind('@')
+                && let Some(colon) = authority[..at].find(':')
+            {
+                let (from, to) = (authority_start + colon + 1, authority_start + at);
+                return Some(format!(
+                    "{}{}{}",
+                    &word[..from],
+                    self.hash(&word[from..to]),
+                    &word[to..]
+                ));
+            }
+        }
+        // MySQL's attached password: `mysql -phunter2`.
+        if line.mysql
+            && let Some(value) = word.strip_prefix("-p")
+            && !value.is_empty()
+        {
+            return Some(format!("-p{}", self.hash(value)));
+        }
+        None
+    }
+
     /// Sanitises a whole raw audit event (used before dead-lettering one that did not parse).
     pub fn sanitize_audit_json(&self, mut event: Value) -> Value {
         let resource = event
@@ -125,6 +263,11 @@ impl Sanitizer {
             .and_then(Value::as_str)
             .map(str::to_string);
         if let Some(map) = event.as_object_mut() {
+            if let Some(Value::String(uri)) = map.get_mut("requestURI")
+                && let Cow::Owned(clean) = self.sanitize_request_uri(uri)
+            {
+                *uri = clean;
+            }
             for field in ["requestObject", "responseObject"] {
                 if let Some(v) = map.remove(field) {
                     map.insert(
@@ -164,7 +307,54 @@ impl Sanitizer {
             let v = self.sanitize_audit_json(self.sanitize_object(None, v));
             return serde_json::to_vec(&v).unwrap_or_default();
         }
-        redact_text(body, TEXT_SECRET_KEYS)
+        self.sanitize_uris_in_text(&redact_text(body, TEXT_SECRET_KEYS))
+    }
+
+    /// Sanitises each `"requestURI"` string in text that is not valid JSON. A value that cannot
+    /// be read as a JSON string (cut inside an escape, say) is blanked instead.
+    fn sanitize_uris_in_text(&self, body: &[u8]) -> Vec<u8> {
+        const KEY: &[u8] = b"\"requestURI\"";
+        let mut out = Vec::with_capacity(body.len());
+        let mut i = 0;
+        while i < body.len() {
+            if !body[i..].starts_with(KEY) {
+                out.push(body[i]);
+                i += 1;
+                continue;
+            }
+            let mut j = i + KEY.len();
+            while j < body.len() && (body[j] == b' ' || body[j] == b':') {
+                j += 1;
+            }
+            out.extend_from_slice(&body[i..j]);
+            if body.get(j) != Some(&b'"') {
+                i = j;
+                continue;
+            }
+            let end = skip_value(body, j);
+            let raw = &body[j..end];
+            // A string cut off by the truncation is read as if it were closed there.
+            let closed = raw.len() > 1 && raw.ends_with(b"\"");
+            let mut text = raw.to_vec();
+            if !closed {
+                text.push(b'"');
+            }
+            match serde_json::from_slice::<String>(&text) {
+                Ok(uri) => {
+                    let clean =
+                        serde_json::to_string(&self.sanitize_request_uri(&uri)).unwrap_or_default();
+                    let clean = clean.as_bytes();
+                    out.extend_from_slice(if closed {
+                        clean
+                    } else {
+                        &clean[..clean.len() - 1]
+                    });
+                }
+                Err(_) => out.extend_from_slice(REDACTED),
+            }
+            i = end;
+        }
+        out
     }
 
     /// Sanitises a scanner report that was refused: Trivy's secret scanner puts the secrets it
@@ -325,6 +515,43 @@ fn is_secret_like(key: &str) -> bool {
     SECRET_LIKE.iter().any(|p| k.contains(p))
 }
 
+/// What reading a command line so far has shown.
+#[derive(Default)]
+struct CommandLine {
+    /// The word before this one.
+    previous: Option<String>,
+    /// A MySQL client has been named (its `-p` takes the password attached).
+    mysql: bool,
+}
+
+/// Programs whose `-p<password>` takes the password attached.
+const MYSQL_CLIENTS: &[&str] = &[
+    "mysql",
+    "mysqldump",
+    "mysqladmin",
+    "mariadb",
+    "mariadb-dump",
+];
+
+/// A command's program name without its directory: `/usr/bin/mysql` is `mysql`.
+fn program_name(word: &str) -> &str {
+    word.rsplit('/').next().unwrap_or(word)
+}
+
+/// `--password`, `-token`, `--api-key`: a flag whose name looks secret.
+fn is_secret_flag(arg: &str) -> bool {
+    arg.starts_with('-') && is_secret_like(arg.trim_start_matches('-'))
+}
+
+/// A shell variable name (`PGPASSWORD`, `api_token`).
+fn is_variable(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,6 +621,76 @@ mod tests {
         let out = String::from_utf8(s.sanitize_rejected_body(wrong)).expect("utf8");
         assert!(!out.contains("aHVudGVyMg=="), "{out}");
         assert!(out.contains("SecretList"));
+    }
+
+    #[test]
+    fn secrets_on_an_exec_command_line_are_hashed_and_the_rest_kept() {
+        let s = Sanitizer::new(b"0123456789abcdef");
+        let exec = |args: &[&str]| {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            for a in args {
+                q.append_pair("command", a);
+            }
+            format!(
+                "/api/v1/namespaces/shop/pods/web-0/exec?{}&container=web&stdin=true",
+                q.finish()
+            )
+        };
+        for args in [
+            &["mysql", "--password=hunter2", "-e", "select 1"][..],
+            &["mysql", "-u", "root", "-phunter2"],
+            &["/usr/bin/psql", "--password", "hunter2"],
+            &["env", "PGPASSWORD=hunter2", "psql"],
+            &["curl", "-H", "Authorization: Bearer hunter2", "http://api"],
+            &["psql", "postgres://app:hunter2@db:5432/app"],
+            &["sh", "-c", "curl -H 'Authorization: Basic hunter2' x"],
+            &["sh", "-c", "mysql -u root -phunter2 -e 'select 1'"],
+            &["sh", "-c", "PGPASSWORD=hunter2 psql -h db"],
+            &["sh", "-c", "vault login -token hunter2 && ls"],
+            &[
+                "curl",
+                "-H",
+                "Authorization: Bearer hunter2",
+                "-H",
+                "X: Bearer hunter2",
+            ],
+        ] {
+            let uri = exec(args);
+            let clean = s.sanitize_request_uri(&uri);
+            assert!(!clean.contains("hunter2"), "{args:?}: {clean}");
+            assert!(clean.contains("hmac-sha256%3A"), "{args:?}: {clean}");
+            assert!(clean.ends_with("&container=web&stdin=true"), "{clean}");
+            let program = uri.split('&').next().unwrap_or_default();
+            assert!(clean.starts_with(program), "{program} kept: {clean}");
+        }
+        // Nothing secret: the very same string.
+        let plain = exec(&["tar", "cf", "-", "/data"]);
+        assert!(matches!(s.sanitize_request_uri(&plain), Cow::Borrowed(_)));
+        assert!(matches!(
+            s.sanitize_request_uri("/api/v1/pods?watch=true&limit=500"),
+            Cow::Borrowed(_)
+        ));
+        // A secret-like query parameter.
+        let clean = s.sanitize_request_uri("/apis/x/v1/things?token=hunter2&limit=1");
+        assert!(
+            !clean.contains("hunter2") && clean.ends_with("&limit=1"),
+            "{clean}"
+        );
+        // The dead-letter path sanitises the URI too, in JSON and in a body cut short (with
+        // `&` escaped as kube-apiserver's encoder does).
+        let raw = serde_json::json!({"requestURI": exec(&["mysql", "-phunter2"])});
+        assert!(
+            !s.sanitize_audit_json(raw.clone())
+                .to_string()
+                .contains("hunter2")
+        );
+        let text = raw.to_string().replace('&', "\\u0026");
+        for cut in [text.len(), text.len() - 2, text.len() - 10] {
+            let out = s.sanitize_rejected_body(&text.as_bytes()[..cut]);
+            let out = String::from_utf8_lossy(&out);
+            assert!(!out.contains("hunter2"), "{out}");
+            assert!(out.contains("exec?command=mysql"), "{out}");
+        }
     }
 
     #[test]
