@@ -740,9 +740,7 @@ async fn main() {
          Latency = attack posted to alert received, windows included. \
          Baseline: the same generator posting to an HTTP server that discards the batches.\n\n\
          Cores busy: average CPU use while the step's events were offered, of korvid, of its broker (tansu) \
-         and of the generator (this process), out of the machine's {}.\n\n\
-         | offered events/s | accepted events/s | baseline events/s | accepted / baseline | enrich backlog at end | drain s | alerts / attacks, quiet | p50 / p99 ms, quiet | alerts / attacks, busy | p50 / p99 ms, busy | peak MB (korvid + broker) | cores busy (korvid / broker / generator) |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         and of the generator (this process), out of the machine's {}.\n\n",
         posters(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         storage = broker_storage(),
@@ -757,6 +755,10 @@ async fn main() {
             extra_config().trim()
         ));
     }
+    table.push_str(
+        "| offered events/s | accepted events/s | baseline events/s | accepted / baseline | enrich backlog at end | drain s | alerts / attacks, quiet | p50 / p99 ms, quiet | alerts / attacks, busy | p50 / p99 ms, busy | peak MB (korvid + broker) | cores busy (korvid / broker / generator) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
     for s in &steps {
         table.push_str(&s.row(baseline));
     }
