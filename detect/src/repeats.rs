@@ -68,36 +68,13 @@ impl PublishedFindings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use korvid_schemas::{Detector, Severity, Subject, Tactic};
+    use korvid_schemas::Severity;
 
     fn finding(window: &str, id: &str) -> Finding {
-        Finding {
-            cluster: "c".into(),
-            event_time: 2_000,
-            id: id.into(),
-            fingerprint: format!("fp-{id}"),
-            window_id: window.into(),
-            detected_at: 0,
-            detector: Detector::Rule,
-            rule_id: Some("KOR-0001".into()),
-            model_version: None,
-            score: 1.0,
-            title: "t".into(),
-            tactic: Tactic::Execution,
-            techniques: vec![],
-            severity: Severity::High,
-            subject: Subject {
-                kind: "Pod".into(),
-                namespace: Some("default".into()),
-                name: "p".into(),
-                uid: None,
-            },
-            evidence: vec![],
-            implication: String::new(),
-            remediation: String::new(),
-            prevention: String::new(),
-            references: vec![],
-        }
+        let mut f = crate::model::fusion::tests::finding("Pod/default/p", Severity::High);
+        f.window_id = window.into();
+        f.id = id.into();
+        f
     }
 
     #[test]

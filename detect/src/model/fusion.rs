@@ -244,7 +244,7 @@ fn model_finding(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use korvid_schemas::WindowKind;
 
@@ -267,7 +267,8 @@ mod tests {
         }
     }
 
-    fn finding(subject: &str, severity: Severity) -> Finding {
+    /// A rule finding about `subject` (`Kind/namespace/name`) in window `w1`.
+    pub(crate) fn finding(subject: &str, severity: Severity) -> Finding {
         let s = subject_of(subject);
         Finding {
             cluster: "c".into(),
