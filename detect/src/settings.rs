@@ -52,6 +52,9 @@ pub struct ModelSettings {
     pub workers: usize,
     /// Threads inside one inference (0: ONNX Runtime's default, one per core).
     pub intra_threads: usize,
+    /// Let those threads spin-wait between runs (less latency per run, more CPU; off: detect
+    /// shares its cores with the rest of the pipeline).
+    pub spin_wait: bool,
     /// A batch stops growing at this many entities...
     pub max_batch_nodes: usize,
     /// ...or this many window graphs...
@@ -75,6 +78,7 @@ impl Default for ModelSettings {
             cuda: false,
             workers: 1,
             intra_threads: 0,
+            spin_wait: false,
             max_batch_nodes: 20_000,
             max_batch_graphs: 64,
             max_delay_ms: 5,

@@ -35,6 +35,7 @@ pub fn start(
         library: settings.runtime_library.clone(),
         intra_threads: settings.intra_threads,
         cuda: settings.cuda,
+        spin: settings.spin_wait,
     };
     let batching = BatchOptions {
         max_nodes: settings.max_batch_nodes,
