@@ -313,26 +313,11 @@ impl Sanitizer {
     /// Sanitises each `"requestURI"` string in text that is not valid JSON. A value that cannot
     /// be read as a JSON string (cut inside an escape, say) is blanked instead.
     fn sanitize_uris_in_text(&self, body: &[u8]) -> Vec<u8> {
-        const KEY: &[u8] = b"\"requestURI\"";
-        let mut out = Vec::with_capacity(body.len());
-        let mut i = 0;
-        while i < body.len() {
-            if !body[i..].starts_with(KEY) {
-                out.push(body[i]);
-                i += 1;
-                continue;
+        rewrite_values(body, &["\"requestURI\""], |raw| {
+            if !raw.starts_with(b"\"") {
+                // Not a string: whatever it holds is read on.
+                return self.sanitize_uris_in_text(raw);
             }
-            let mut j = i + KEY.len();
-            while j < body.len() && (body[j] == b' ' || body[j] == b':') {
-                j += 1;
-            }
-            out.extend_from_slice(&body[i..j]);
-            if body.get(j) != Some(&b'"') {
-                i = j;
-                continue;
-            }
-            let end = skip_value(body, j);
-            let raw = &body[j..end];
             // A string cut off by the truncation is read as if it were closed there.
             let closed = raw.len() > 1 && raw.ends_with(b"\"");
             let mut text = raw.to_vec();
@@ -341,20 +326,17 @@ impl Sanitizer {
             }
             match serde_json::from_slice::<String>(&text) {
                 Ok(uri) => {
-                    let clean =
-                        serde_json::to_string(&self.sanitize_request_uri(&uri)).unwrap_or_default();
-                    let clean = clean.as_bytes();
-                    out.extend_from_slice(if closed {
-                        clean
-                    } else {
-                        &clean[..clean.len() - 1]
-                    });
+                    let mut clean = serde_json::to_string(&self.sanitize_request_uri(&uri))
+                        .unwrap_or_default()
+                        .into_bytes();
+                    if !closed {
+                        clean.pop();
+                    }
+                    clean
                 }
-                Err(_) => out.extend_from_slice(REDACTED),
+                Err(_) => REDACTED.to_vec(),
             }
-            i = end;
-        }
-        out
+        })
     }
 
     /// Sanitises a scanner report that was refused: Trivy's secret scanner puts the secrets it
@@ -444,6 +426,16 @@ const REDACTED: &[u8] = b"\"<redacted>\"";
 /// Blanks the value after each secret-bearing key: an object or array up to its matching
 /// bracket, a string up to its closing quote, or everything to the end when the text is cut.
 fn redact_text(body: &[u8], keys: &[&str]) -> Vec<u8> {
+    rewrite_values(body, keys, |_| REDACTED.to_vec())
+}
+
+/// Replaces the value after each of `keys` (quoted, as they appear in JSON text) by what
+/// `rewrite` makes of it; the value runs as far as [`skip_value`] says.
+fn rewrite_values(
+    body: &[u8],
+    keys: &[&str],
+    mut rewrite: impl FnMut(&[u8]) -> Vec<u8>,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len());
     let mut i = 0;
     'scan: while i < body.len() {
@@ -457,7 +449,7 @@ fn redact_text(body: &[u8], keys: &[&str]) -> Vec<u8> {
                     j += 1;
                 }
                 i = skip_value(body, j);
-                out.extend_from_slice(REDACTED);
+                out.extend_from_slice(&rewrite(&body[j..i]));
                 continue 'scan;
             }
         }
