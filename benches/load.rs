@@ -450,13 +450,20 @@ fn clock_ticks() -> f64 {
 }
 
 async fn metric(url: &str, name: &str) -> f64 {
-    let Ok(r) = reqwest::get(url).await else {
-        return f64::NAN;
-    };
-    r.text()
-        .await
-        .unwrap_or_default()
-        .lines()
+    match metrics_page(url).await {
+        Some(page) => metric_in(&page, name),
+        None => f64::NAN,
+    }
+}
+
+/// The exposition text at `url`, if it answers.
+async fn metrics_page(url: &str) -> Option<String> {
+    reqwest::get(url).await.ok()?.text().await.ok()
+}
+
+/// The sum of every sample of `name` (all label sets) in an exposition text.
+fn metric_in(page: &str, name: &str) -> f64 {
+    page.lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -478,6 +485,8 @@ fn extra_config() -> String {
 
 /// The stage histograms' (name, count, sum of seconds) as exposed now.
 async fn stage_sums(url: &str) -> Vec<(&'static str, f64, f64)> {
+    let page = metrics_page(url).await;
+    let value = |name: String| page.as_deref().map_or(f64::NAN, |p| metric_in(p, &name));
     let mut out = Vec::new();
     for name in [
         "korvid_enrich_window_latency_seconds",
@@ -486,8 +495,8 @@ async fn stage_sums(url: &str) -> Vec<(&'static str, f64, f64)> {
         "korvid_detect_model_batch_seconds",
         "korvid_notify_event_to_alert_seconds",
     ] {
-        let count = metric(url, &format!("{name}_count")).await;
-        let sum = metric(url, &format!("{name}_sum")).await;
+        let count = value(format!("{name}_count"));
+        let sum = value(format!("{name}_sum"));
         out.push((name.trim_start_matches("korvid_"), count, sum));
     }
     out
