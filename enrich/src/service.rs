@@ -264,48 +264,16 @@ impl Enricher {
         }
     }
 
+    /// Builds the closed windows, queues all their records, then waits for Kafka's
+    /// acknowledgements together: one round trip per call, not one per window (a slow broker's
+    /// acknowledgement would otherwise hold the consumer once for every window).
     #[tracing::instrument(name = "enrich.publish", skip_all, fields(windows = closed.len()))]
     async fn publish(&mut self, closed: Vec<ClosedWindow>) {
+        let mut queued = Vec::with_capacity(closed.len());
         for w in closed {
-            let namespace = w.key.split_once('/').map_or("", |(_, ns)| ns);
-            let namespace = if namespace == "_cluster" {
-                ""
-            } else {
-                namespace
-            };
-            let building = Instant::now();
-            let around = self
-                .inventories
-                .around(&w.cluster, namespace, &touched_ids(&w.events));
-            let built = self
-                .aggregator
-                .graph_windows(&w, around.as_ref(), self.max_nodes)
-                .await;
-            self.metrics.build.observe(building.elapsed().as_secs_f64());
-            let records = match built {
-                Ok(r) => r,
-                Err(err) => {
-                    // A bug, not bad input: keep the evidence and move on.
-                    tracing::error!(error = %err, key = %w.key, "building a graph window failed");
-                    let ids = w
-                        .events
-                        .iter()
-                        .map(|e| e.audit_id.as_str())
-                        .collect::<Vec<_>>()
-                        .join(",");
-                    self.reject(
-                        &err.to_string(),
-                        "window_build",
-                        ids.as_bytes(),
-                        DeadLetterSource {
-                            cluster: Some(w.cluster.clone()),
-                            ..Default::default()
-                        },
-                    )
-                    .await;
-                    self.windows.published(&w.offsets);
-                    continue;
-                }
+            let Some(records) = self.build(&w).await else {
+                self.windows.published(&w.offsets);
+                continue;
             };
             // The window continues its first event's trace and links the others'.
             let span = korvid_common::trace_context::span_after(
@@ -315,8 +283,45 @@ impl Enricher {
             for t in w.traces.iter().skip(1) {
                 korvid_common::trace_context::link(&span, t);
             }
-            let mut all_published = true;
+            let mut pending = Vec::with_capacity(records.len());
             for record in &records {
+                let queued = self
+                    .producer
+                    .enqueue(&self.topic, &record.partition_key, record)
+                    .instrument(span.clone())
+                    .await;
+                pending.push(queued);
+            }
+            queued.push((w, records, span, pending));
+        }
+        let acknowledged = futures::future::join_all(queued.into_iter().map(
+            |(w, records, span, pending)| async move {
+                let mut failed = Vec::new();
+                let mut delivered_count = 0u64;
+                for (record, queued) in records.into_iter().zip(pending) {
+                    let delivered = match queued {
+                        Ok(p) => p.acknowledged().await,
+                        Err(e) => Err(e),
+                    };
+                    match delivered {
+                        Ok(_) => {
+                            delivered_count += 1;
+                            tracing::debug!(window = %record.window_id, key = %record.partition_key, events = record.event_count, split = record.split_index, "window published");
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, "publishing a window failed; retrying");
+                            failed.push(record);
+                        }
+                    }
+                }
+                (w, span, failed, delivered_count)
+            },
+        ))
+        .await;
+        for (w, span, failed, delivered_count) in acknowledged {
+            self.metrics.windows.inc_by(delivered_count);
+            let mut all_published = true;
+            for record in &failed {
                 if !self.send_window(record).instrument(span.clone()).await {
                     all_published = false;
                     break;
@@ -331,6 +336,49 @@ impl Enricher {
                 // A window published before its end (idle flush) kept nobody waiting.
                 let waited_ms = (korvid_common::now_millis() - w.end).max(0);
                 self.metrics.latency.observe(waited_ms as f64 / 1000.0);
+            }
+        }
+    }
+
+    /// Builds a window's graph tables into records; `None` (after dead-lettering the window's
+    /// audit ids) when building failed, which is a bug, not bad input.
+    async fn build(&mut self, w: &ClosedWindow) -> Option<Vec<GraphWindow>> {
+        let namespace = w.key.split_once('/').map_or("", |(_, ns)| ns);
+        let namespace = if namespace == "_cluster" {
+            ""
+        } else {
+            namespace
+        };
+        let building = Instant::now();
+        let around = self
+            .inventories
+            .around(&w.cluster, namespace, &touched_ids(&w.events));
+        let built = self
+            .aggregator
+            .graph_windows(w, around.as_ref(), self.max_nodes)
+            .await;
+        self.metrics.build.observe(building.elapsed().as_secs_f64());
+        match built {
+            Ok(records) => Some(records),
+            Err(err) => {
+                tracing::error!(error = %err, key = %w.key, "building a graph window failed");
+                let ids = w
+                    .events
+                    .iter()
+                    .map(|e| e.audit_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                self.reject(
+                    &err.to_string(),
+                    "window_build",
+                    ids.as_bytes(),
+                    DeadLetterSource {
+                        cluster: Some(w.cluster.clone()),
+                        ..Default::default()
+                    },
+                )
+                .await;
+                None
             }
         }
     }
