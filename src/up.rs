@@ -17,7 +17,7 @@ type ServiceFuture =
 const DRAIN: Duration = Duration::from_secs(6);
 
 /// Runs `service` (`up`, `ingest`, `enrich`, `detect`, `notify`, `lake`) until shutdown.
-pub async fn run(service: &str, settings: KorvidSettings) -> anyhow::Result<()> {
+pub async fn run(service: &str, mut settings: KorvidSettings) -> anyhow::Result<()> {
     if service != "up" && settings.kafka.bootstrap_servers.is_none() {
         bail!(
             "kafka.bootstrap_servers (env KORVID__KAFKA__BOOTSTRAP_SERVERS) is required for \
@@ -62,6 +62,9 @@ pub async fn run(service: &str, settings: KorvidSettings) -> anyhow::Result<()> 
         (None, other) => bail!("no Kafka for `korvid {other}`"),
     };
 
+    if broker.is_some() {
+        LocalBroker::tune_clients(&mut settings.kafka.client);
+    }
     let kafka = KafkaContext::new(settings.kafka.clone(), bootstrap, &telemetry);
     let started = async {
         kafka.wait_for_broker(Duration::from_secs(30)).await?;

@@ -4,6 +4,7 @@
 //!
 //! tansu is installed by the project's setup (`make setup`), never downloaded at run time.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -162,7 +163,21 @@ pub struct LocalBroker {
     pub log_path: PathBuf,
 }
 
+/// librdkafka properties for korvid's clients of the embedded broker, where `[kafka.client]`
+/// does not set them. tansu decompresses every batch it receives and stores each record on its
+/// own, so compressing for it only spends CPU on both sides of a loopback connection.
+pub const CLIENT_DEFAULTS: &[(&str, &str)] = &[("compression.type", "none")];
+
 impl LocalBroker {
+    /// Adds [`CLIENT_DEFAULTS`] to the `[kafka.client]` properties `client` (what is set wins).
+    pub fn tune_clients(client: &mut BTreeMap<String, String>) {
+        for (key, value) in CLIENT_DEFAULTS {
+            client
+                .entry((*key).to_string())
+                .or_insert_with(|| (*value).to_string());
+        }
+    }
+
     /// Starts tansu under `data_dir/broker`.
     pub async fn start(settings: &BrokerSettings, data_dir: &Path) -> Result<Self, BrokerError> {
         let binary = find_binary(settings)?;
@@ -265,5 +280,27 @@ impl LocalBroker {
         }
         let _ = self.child.kill().await;
         tracing::warn!("local broker killed after {grace:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_client_defaults_yield_to_explicit_settings() {
+        let mut client = BTreeMap::new();
+        LocalBroker::tune_clients(&mut client);
+        assert_eq!(
+            client.get("compression.type").map(String::as_str),
+            Some("none")
+        );
+
+        let mut client = BTreeMap::from([("compression.type".to_string(), "zstd".to_string())]);
+        LocalBroker::tune_clients(&mut client);
+        assert_eq!(
+            client.get("compression.type").map(String::as_str),
+            Some("zstd")
+        );
     }
 }
