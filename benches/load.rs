@@ -18,6 +18,7 @@
 //!     make loadtest                       # KORVID_LOAD_RATES=10000,15000,20000 by default
 //!     KORVID_LOAD_CONFIG='[notify]\ngroup_wait_ms = 50' make loadtest   # a setting's effect
 //!     KORVID_BENCH_OUT=BENCHMARKS.md ...  # appends its table (make bench does)
+//!     KORVID_LOAD_ATTACKS_DIR=/tmp/load ...  # each attack's timings, one CSV per step
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -469,6 +470,44 @@ fn metric_in(page: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// Writes `attacks-<rate>.csv` under `dir`: per attack, when it was posted (Unix ms), whether
+/// its namespace was busy, and the milliseconds from the post to the webhook's answer, to the
+/// finding and to the alert (-1: none came), in posting order. A latency percentile hides *when*
+/// the slow attacks happened (a warm-up, a stall); this shows it.
+fn write_attacks(
+    dir: &str,
+    rate: u64,
+    posted: &HashMap<String, Attack>,
+    found: &HashMap<String, i64>,
+    alerted: &HashMap<String, i64>,
+) {
+    let after = |from: i64, to: Option<&i64>| to.map_or(-1, |t| (t - from).max(0));
+    let mut rows: Vec<(i64, String)> = posted
+        .iter()
+        .map(|(pod, a)| {
+            let row = format!(
+                "{},{},{},{},{},{pod}",
+                a.posted,
+                a.busy,
+                (a.acked - a.posted).max(0),
+                after(a.posted, found.get(pod)),
+                after(a.posted, alerted.get(pod)),
+            );
+            (a.posted, row)
+        })
+        .collect();
+    rows.sort();
+    let mut csv = String::from("posted_ms,busy,answer_ms,finding_ms,alert_ms,pod\n");
+    for (_, row) in rows {
+        csv.push_str(&row);
+        csv.push('\n');
+    }
+    let path = std::path::Path::new(dir).join(format!("attacks-{rate}.csv"));
+    if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, csv)) {
+        eprintln!("load: cannot write {}: {e}", path.display());
+    }
+}
+
 /// The embedded broker's storage (`KORVID_LOAD_BROKER_STORAGE`): `sqlite` (on disk, the default
 /// of `korvid up`) or `memory` (what the pipeline does when the broker's disk is not in the way).
 fn broker_storage() -> String {
@@ -694,6 +733,9 @@ async fn main() {
                     .collect(),
             )
         };
+        if let Ok(dir) = std::env::var("KORVID_LOAD_ATTACKS_DIR") {
+            write_attacks(&dir, rate, &posted, &found, &got);
+        }
         let quiet: Vec<(&String, &Attack)> = posted.iter().filter(|(_, a)| !a.busy).collect();
         let step = Step {
             offered: rate,
