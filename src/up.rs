@@ -63,7 +63,7 @@ pub async fn run(service: &str, mut settings: KorvidSettings) -> anyhow::Result<
     };
 
     if broker.is_some() {
-        LocalBroker::tune_clients(&mut settings.kafka.client);
+        LocalBroker::tune_clients(&settings.broker, &mut settings.kafka.client);
     }
     let kafka = KafkaContext::new(settings.kafka.clone(), bootstrap, &telemetry);
     let started = async {

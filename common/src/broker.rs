@@ -163,15 +163,21 @@ pub struct LocalBroker {
     pub log_path: PathBuf,
 }
 
-/// librdkafka properties for korvid's clients of the embedded broker, where `[kafka.client]`
-/// does not set them. tansu decompresses every batch it receives and stores each record on its
-/// own, so compressing for it only spends CPU on both sides of a loopback connection.
-pub const CLIENT_DEFAULTS: &[(&str, &str)] = &[("compression.type", "none")];
+/// librdkafka properties for korvid's clients of the embedded broker on SQLite storage, where
+/// `[kafka.client]` does not set them. tansu decompresses every batch it receives there and
+/// stores each record on its own, so compressing for it only spends CPU on both sides of a
+/// loopback connection. (Memory storage keeps batches as they came: compressed is smaller.)
+pub const SQLITE_CLIENT_DEFAULTS: &[(&str, &str)] = &[("compression.type", "none")];
 
 impl LocalBroker {
-    /// Adds [`CLIENT_DEFAULTS`] to the `[kafka.client]` properties `client` (what is set wins).
-    pub fn tune_clients(client: &mut BTreeMap<String, String>) {
-        for (key, value) in CLIENT_DEFAULTS {
+    /// Adds the client defaults that suit the embedded broker's storage to the `[kafka.client]`
+    /// properties `client` (what is set wins).
+    pub fn tune_clients(settings: &BrokerSettings, client: &mut BTreeMap<String, String>) {
+        let defaults = match settings.storage.as_str() {
+            "sqlite" => SQLITE_CLIENT_DEFAULTS,
+            _ => &[],
+        };
+        for (key, value) in defaults {
             client
                 .entry((*key).to_string())
                 .or_insert_with(|| (*value).to_string());
@@ -288,19 +294,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn embedded_client_defaults_yield_to_explicit_settings() {
+    fn sqlite_storage_turns_compression_off_unless_set() {
+        let sqlite = BrokerSettings::default();
         let mut client = BTreeMap::new();
-        LocalBroker::tune_clients(&mut client);
+        LocalBroker::tune_clients(&sqlite, &mut client);
         assert_eq!(
             client.get("compression.type").map(String::as_str),
             Some("none")
         );
 
         let mut client = BTreeMap::from([("compression.type".to_string(), "zstd".to_string())]);
-        LocalBroker::tune_clients(&mut client);
+        LocalBroker::tune_clients(&sqlite, &mut client);
         assert_eq!(
             client.get("compression.type").map(String::as_str),
             Some("zstd")
         );
+
+        let memory = BrokerSettings {
+            storage: "memory".into(),
+            ..BrokerSettings::default()
+        };
+        let mut client = BTreeMap::new();
+        LocalBroker::tune_clients(&memory, &mut client);
+        assert!(client.is_empty());
     }
 }
