@@ -248,11 +248,18 @@ async fn faults(mut broker: Broker, faults: Faults) {
         Broker::Mock(_) => "create_topics = false\n",
         Broker::Tansu(_) => "",
     };
+    // librdkafka's mock broker, while down, was seen to let reconnects complete and then answer
+    // nothing on them: a client waited out `socket.timeout.ms` (60 s by default) for its
+    // request, longer than the produce timeout. A real broker refuses or resets instead.
+    let socket_timeout = match broker {
+        Broker::Mock(_) => "\"socket.timeout.ms\" = \"5000\"\n",
+        Broker::Tansu(_) => "",
+    };
     let cfg = KorvidConfig::with_kafka(dir.path(), &receiver.url, &broker.bootstrap())
         .with_kafka_extra(kafka_extra)
-        .with_extra(
-            "[kafka.client]\n\"max.poll.interval.ms\" = \"15000\"\n\"session.timeout.ms\" = \"6000\"\n",
-        );
+        .with_extra(&format!(
+            "[kafka.client]\n\"max.poll.interval.ms\" = \"15000\"\n\"session.timeout.ms\" = \"6000\"\n{socket_timeout}",
+        ));
     let mut services: Vec<Service> = Vec::new();
     for (command, name) in [
         ("ingest", "ingest"),
